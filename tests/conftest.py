@@ -1,0 +1,97 @@
+"""Shared set-up: build the fixture dataset and point the notebook at it.
+
+pytest collects the notebook first (see ``testpaths`` in pyproject.toml): nbval starts a kernel that
+inherits this process's environment, so the ``BONE_FRACTURE_*`` variables set in ``pytest_configure``
+make it run on the fixture, quickly. The tests in this folder then check what that run wrote. If they
+run on their own (``pytest tests/``), the ``notebook_run`` fixture executes the notebook itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import nbformat
+import pytest
+from fixture_data import build_fixture, snapshot
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "bone_fracture_classifier.ipynb"
+WORK = Path(tempfile.mkdtemp(prefix="bone-fracture-tests-"))
+FIXTURE = build_fixture(WORK / "data")
+FIXTURE_BEFORE = snapshot(FIXTURE.root)
+OUTPUT = WORK / "output"
+
+# Small and fast: 2 epochs at 64x64 px.
+RUN_ENV = {
+    "BONE_FRACTURE_DATA_DIR": str(FIXTURE.root),
+    "BONE_FRACTURE_OUTPUT_DIR": str(OUTPUT),
+    "BONE_FRACTURE_EPOCHS": "2",
+    "BONE_FRACTURE_IMG_SIZE": "64",
+    "BONE_FRACTURE_BATCH_SIZE": "8",
+    "BONE_FRACTURE_BOOTSTRAP": "300",
+    "BONE_FRACTURE_SEED": "7",
+}
+
+
+def pytest_configure(config):
+    """Point every notebook run of this session at the fixture (nbval's kernel inherits os.environ)."""
+    os.environ.update(RUN_ENV)
+
+
+def pytest_unconfigure(config):
+    """Remove the session's temporary folder unless BONE_FRACTURE_KEEP_TEST_OUTPUT is set."""
+    if not os.environ.get("BONE_FRACTURE_KEEP_TEST_OUTPUT"):
+        shutil.rmtree(WORK, ignore_errors=True)
+
+
+def pytest_report_header(config):
+    return f"bone-fracture fixture: {FIXTURE.root} ({len(FIXTURE.good)} good images); output: {OUTPUT}"
+
+
+def execute_notebook(env: dict[str, str], timeout: int = 900) -> tuple[nbformat.NotebookNode, str | None]:
+    """Run the notebook headless with extra environment variables.
+
+    Returns the executed notebook and the error name and message of the failing cell (or None).
+    """
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(ROOT)}}).execute()
+        error = None
+    except CellExecutionError as failure:
+        error = f"{failure.ename}: {failure.evalue}"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return notebook, error
+
+
+@pytest.fixture(scope="session")
+def fixture():
+    """The planted facts of the fixture dataset."""
+    return FIXTURE
+
+
+@pytest.fixture(scope="session")
+def notebook_run():
+    """The output folder of the default (grouped) run on the fixture: nbval's, or one made here."""
+    if not (OUTPUT / "model_card.md").exists():
+        _, error = execute_notebook({})
+        assert error is None, error
+    return OUTPUT
+
+
+@pytest.fixture(scope="session")
+def metrics(notebook_run):
+    return json.loads((notebook_run / "metrics.json").read_text())

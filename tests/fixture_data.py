@@ -1,0 +1,248 @@
+"""Build the tiny, deterministic fixture dataset the tests run the notebook on.
+
+The fixture is laid out like the Kaggle set
+(``<root>/{train,val,test}/{fractured,not_fractured}/``) and is generated at
+test time from a fixed seed, so nothing binary is committed. It holds:
+
+* synthetic X-ray-like radiographs (a bright bone on soft tissue; the
+  ``fractured`` class has a visible dark gap with a displaced fragment) in
+  several sizes, modes and formats;
+* planted bad files: a zero-byte ``.jpg``, a truncated JPEG, a text file
+  named ``.png``, a broken symlink, and hidden/system files that must be
+  skipped (``.DS_Store``, ``Thumbs.db``);
+* planted duplicates: an exact copy, a re-encoded copy, a resized copy, a
+  90-degree rotated copy, and one image filed under both classes;
+* the odd-but-valid forms real folders hold: 16-bit PNG, CMYK JPEG, a JPEG
+  with an EXIF orientation tag, upper-case extensions, palette and RGBA PNG,
+  BMP, TIFF, a GIF behind a ``.jpg`` name, a large image and an image in a
+  nested sub-folder.
+
+``build_fixture`` returns a :class:`Fixture` describing what was planted, so
+the tests assert against facts, not against the notebook's own output.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SPLITS = ("train", "val", "test")
+CLASSES = ("fractured", "not_fractured")
+BASE_COUNTS = {"train": 16, "val": 6, "test": 6}
+SEED = 1234
+
+
+@dataclass
+class Fixture:
+    """What ``build_fixture`` wrote, as paths relative to the fixture root."""
+
+    root: Path
+    bad: dict[str, str] = field(default_factory=dict)  # path -> kind of defect
+    skipped: list[str] = field(default_factory=list)  # hidden / system files
+    good: dict[str, str] = field(default_factory=dict)  # path -> label
+    dup_pairs: dict[frozenset, str] = field(default_factory=dict)  # pair -> kind
+    conflict: tuple[str, str] = ("", "")
+    sixteen_bit: str = ""
+    exif_rotated: str = ""
+    exif_upright: np.ndarray | None = None
+
+
+def xray(rng: np.random.Generator, width: int, height: int, fractured: bool) -> np.ndarray:
+    """Return an 8-bit greyscale array that looks like a plain radiograph.
+
+    A long bone (bright cortex, slightly darker medulla) lies at a random angle
+    over soft tissue made of a few random blurred blobs and film noise. A
+    fractured bone is drawn as two fragments with a dark gap between them and
+    the distal fragment displaced sideways.
+    """
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    scale = min(width, height)
+    tissue = np.full((height, width), 25.0, np.float32)
+    for _ in range(rng.integers(3, 7)):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        sigma = rng.uniform(0.15, 0.5) * scale
+        tissue += rng.uniform(15, 60) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+
+    angle = rng.uniform(0, np.pi)
+    direction = np.array([np.cos(angle), np.sin(angle)], np.float32)
+    normal = np.array([-direction[1], direction[0]], np.float32)
+    centre = np.array([width, height], np.float32) / 2 + rng.uniform(-0.1, 0.1, 2) * scale
+    half_length = rng.uniform(0.3, 0.45) * scale
+    radius = rng.uniform(0.06, 0.1) * scale
+
+    def bone(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        seg = end - start
+        t = ((xx - start[0]) * seg[0] + (yy - start[1]) * seg[1]) / float(seg @ seg)
+        t = np.clip(t, 0, 1)
+        dist = np.hypot(xx - (start[0] + t * seg[0]), yy - (start[1] + t * seg[1]))
+        inside = np.clip(1 - (dist / radius) ** 2, 0, 1)
+        cortex = np.exp(-(((dist - 0.8 * radius) / (0.18 * radius)) ** 2))
+        return 110 * np.sqrt(inside) + 70 * cortex * (dist < radius)
+
+    start, end = centre - half_length * direction, centre + half_length * direction
+    if fractured:
+        cut = rng.uniform(0.4, 0.6)
+        gap = max(2.0, 0.05 * scale)
+        shift = rng.choice([-1, 1]) * rng.uniform(0.4, 0.8) * radius * normal
+        mid = start + cut * (end - start)
+        image = np.maximum(bone(start, mid - gap / 2 * direction), bone(mid + gap / 2 * direction + shift, end + shift))
+    else:
+        image = bone(start, end)
+    image = tissue + image + rng.normal(0, 6, (height, width))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def build_fixture(root: Path, with_odd_forms: bool = True) -> Fixture:
+    """Write the fixture dataset under ``root`` and describe it.
+
+    ``with_odd_forms=False`` leaves out the odd-but-valid formats, for tests
+    that need the plainest possible folder.
+    """
+    rng = np.random.default_rng(SEED)
+    root = Path(root)
+    fx = Fixture(root=root)
+
+    def write(rel: str, data: bytes, label: str | None) -> str:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if label is not None:
+            fx.good[rel] = label
+        return rel
+
+    def encode(array: np.ndarray, fmt: str, **options) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, fmt, **options)
+        return buffer.getvalue()
+
+    def random_size() -> tuple[int, int]:
+        return int(rng.integers(96, 320)), int(rng.integers(96, 320))
+
+    # Base images: three encodings in turn, so sizes, modes and formats vary.
+    base: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        for label in CLASSES:
+            prefix = "f" if label == "fractured" else "n"
+            for i in range(BASE_COUNTS[split]):
+                array = xray(rng, *random_size(), fractured=label == "fractured")
+                kind = i % 3
+                if kind == 0:
+                    rel = f"{split}/{label}/{prefix}_{i:03d}.png"
+                    data = encode(array, "PNG")
+                elif kind == 1:
+                    rel = f"{split}/{label}/{prefix}_{i:03d}.jpg"
+                    data = encode(array, "JPEG", quality=90)
+                else:
+                    rel = f"{split}/{label}/{prefix}_{i:03d}.jpeg"
+                    data = encode(np.stack([array] * 3, -1), "JPEG", quality=90)
+                base[write(rel, data, label)] = array
+
+    # Planted duplicates of train images, one original each.
+    original = "train/fractured/f_001.jpg"
+    copy = write("test/fractured/exact_copy.jpg", (root / original).read_bytes(), "fractured")
+    fx.dup_pairs[frozenset((original, copy))] = "exact"
+
+    original = "train/not_fractured/n_004.jpg"
+    copy = write("val/not_fractured/reencoded.jpg", encode(base[original], "JPEG", quality=55), "not_fractured")
+    fx.dup_pairs[frozenset((original, copy))] = "near"
+
+    original = "train/not_fractured/n_007.jpg"
+    h, w = base[original].shape
+    smaller = Image.fromarray(base[original]).resize((int(w * 0.9), int(h * 0.9)), Image.Resampling.BILINEAR)
+    copy = write("test/not_fractured/resized.jpg", _jpeg_bytes(smaller), "not_fractured")
+    fx.dup_pairs[frozenset((original, copy))] = "near"
+
+    original = "train/fractured/f_010.jpg"
+    copy = write("val/fractured/rotated.jpg", encode(np.rot90(base[original]).copy(), "JPEG", quality=90), "fractured")
+    fx.dup_pairs[frozenset((original, copy))] = "near"
+
+    data = encode(xray(rng, *random_size(), fractured=True), "JPEG", quality=90)
+    fx.conflict = (write("train/fractured/conflict.jpg", data, "fractured"),
+                   write("train/not_fractured/conflict.jpg", data, "not_fractured"))
+    fx.dup_pairs[frozenset(fx.conflict)] = "exact"
+
+    # Planted bad files: never deleted, listed in corrupt_images.csv.
+    fx.bad[write("train/fractured/empty.jpg", b"", None)] = "empty"
+    whole = encode(xray(rng, 200, 240, fractured=False), "JPEG", quality=90)
+    fx.bad[write("train/not_fractured/truncated.jpg", whole[: len(whole) * 2 // 3], None)] = "truncated"
+    fx.bad[write("val/not_fractured/notes.png", b"radiology notes, not an image\n", None)] = "not an image"
+    fx.skipped.append(write("test/fractured/.DS_Store", b"\x00\x00\x00\x01Bud1" + bytes(64), None))
+    fx.skipped.append(write("val/fractured/Thumbs.db", bytes(128), None))
+
+    if with_odd_forms:
+        _add_odd_forms(root, rng, fx, write, encode, random_size)
+    return fx
+
+
+def _add_odd_forms(root, rng, fx, write, encode, random_size) -> None:
+    """Add the valid-but-unusual files real radiograph folders contain."""
+    # 16-bit greyscale with a 12-bit range: naive conversion clips it to white.
+    array = xray(rng, *random_size(), fractured=True).astype(np.uint16) * 16 + 1000
+    fx.sixteen_bit = write("train/fractured/sixteen_bit.png", _save(Image.fromarray(array), "PNG"), "fractured")
+
+    cmyk = Image.fromarray(xray(rng, *random_size(), fractured=False)).convert("CMYK")
+    buffer = io.BytesIO()
+    cmyk.save(buffer, "JPEG", quality=90)
+    write("train/not_fractured/cmyk.jpg", buffer.getvalue(), "not_fractured")
+
+    # Stored rotated by 90 degrees with EXIF Orientation 6 ("rotate 90 CW to view").
+    upright = xray(rng, 160, 260, fractured=True)
+    stored = Image.fromarray(np.rot90(upright, k=1).copy())
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, "JPEG", quality=92, exif=exif.tobytes())
+    fx.exif_rotated = write("train/fractured/exif_rotated.jpg", buffer.getvalue(), "fractured")
+    fx.exif_upright = upright
+
+    write("test/not_fractured/UPPER_CASE.JPG", encode(xray(rng, *random_size(), False), "JPEG", quality=90),
+          "not_fractured")
+    write("val/fractured/UPPER_CASE.PNG", encode(xray(rng, *random_size(), True), "PNG"), "fractured")
+    write("val/not_fractured/palette.png",
+          _save(Image.fromarray(xray(rng, *random_size(), False)).convert("P"), "PNG"), "not_fractured")
+    rgba = Image.fromarray(xray(rng, *random_size(), True)).convert("RGBA")
+    write("test/fractured/rgba.png", _save(rgba, "PNG"), "fractured")
+    write("train/fractured/scan.bmp", _save(Image.fromarray(xray(rng, *random_size(), True)), "BMP"), "fractured")
+    write("train/not_fractured/scan.tiff", _save(Image.fromarray(xray(rng, *random_size(), False)), "TIFF"),
+          "not_fractured")
+    write("train/not_fractured/gif_named.jpg", _save(Image.fromarray(xray(rng, *random_size(), False)), "GIF"),
+          "not_fractured")
+    write("train/not_fractured/large.jpg", encode(xray(rng, 3000, 3000, False), "JPEG", quality=80),
+          "not_fractured")
+    write("train/fractured/nested/inner.jpg", encode(xray(rng, *random_size(), True), "JPEG", quality=90),
+          "fractured")
+
+    link = root / "train/fractured/broken_link.jpg"
+    os.symlink(root / "train/fractured/does_not_exist.jpg", link)
+    fx.bad["train/fractured/broken_link.jpg"] = "broken symlink"
+
+
+def _save(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Map every entry under ``root`` to its bytes (or link target) and mode."""
+    state = {}
+    for path in sorted(Path(root).rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            state[rel] = ("link", os.readlink(path))
+        elif path.is_file():
+            state[rel] = ("file", path.read_bytes(), path.stat().st_mode)
+        else:
+            state[rel] = ("dir", path.stat().st_mode)
+    return state

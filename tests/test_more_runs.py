@@ -1,0 +1,113 @@
+"""Further notebook runs: published split with papermill parameters, bad data folders, and the fixture's safety."""
+
+import json
+import shutil
+
+import pandas as pd
+import papermill
+import pytest
+from conftest import FIXTURE_BEFORE, NOTEBOOK, ROOT, WORK, execute_notebook
+from fixture_data import build_fixture, snapshot
+
+
+@pytest.fixture(scope="module")
+def published_run(notebook_run, fixture):
+    """A second run, in published mode, with parameters injected by name through papermill."""
+    output = WORK / "published"
+    to_predict = f"{fixture.root}/test/fractured,{fixture.root}/val/not_fractured/notes.png"
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(WORK / "published.ipynb"), cwd=str(ROOT), kernel_name="python3", progress_bar=False,
+        parameters={"OUTPUT_DIR": str(output), "SPLIT": "published", "PREDICT": to_predict})
+    return output
+
+
+def test_published_mode_reports_the_planted_leak_next_to_the_metrics(published_run, fixture):
+    metrics = json.loads((published_run / "metrics.json").read_text())
+    assert metrics["split"] == "published"
+    planted_copies = {path for pair in fixture.dup_pairs for path in pair if not path.startswith("train/")}
+    for split in ("val", "test"):
+        in_split = [p for p in fixture.good if p.startswith(f"{split}/")]
+        expected = sum(p in planted_copies for p in in_split) / len(in_split)
+        assert metrics["audit"]["published_leaked_share"][split] == pytest.approx(expected, abs=1e-4)
+        assert metrics["audit"]["split_leaked_share"][split] == pytest.approx(expected, abs=1e-4)
+    executed = (WORK / "published.ipynb").read_text()
+    assert f"{expected:.0%} of test" in executed and "[published split:" in executed
+    index = pd.read_csv(published_run / "index.csv")
+    used = index[index["split"] != "excluded"]
+    assert (used["split"] == used["original_split"]).all()
+
+
+def test_prediction_section_classifies_exactly_the_given_images(published_run, fixture):
+    predictions = pd.read_csv(published_run / "predictions.csv", keep_default_na=False)
+    folder = fixture.root / "test/fractured"
+    expected = sorted(str(p) for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    expected.append(str(fixture.root / "val/not_fractured/notes.png"))
+    assert predictions["path"].tolist() == expected
+    readable = predictions[predictions["error"] == ""]
+    assert len(readable) == len(expected) - 1
+    assert readable["p_fractured"].astype(float).between(0, 1).all()
+    assert set(readable["decision"]) <= {"fractured", "not_fractured"}
+    assert "UnidentifiedImageError" in predictions.set_index("path").at[expected[-1], "error"]
+
+
+def test_model_card_figures_equal_metrics_json(published_run):
+    metrics = json.loads((published_run / "metrics.json").read_text())
+    card = (published_run / "model_card.md").read_text()
+    test = metrics["test"]
+    assert "not a medical device" in card.lower()
+    for name in ("accuracy", "roc_auc", "sensitivity", "specificity"):
+        low, high = test["ci95"][name]
+        assert f"{test[name]:.3f} (95% CI {low:.3f}-{high:.3f})" in card, name
+    assert f"{metrics['training']['parameters']:,} parameters" in card
+    assert f"Threshold {test['threshold']:.3f}" in card
+    assert f"Brier score {test['brier']:.3f}" in card
+
+
+def test_runs_leave_the_users_files_byte_for_byte_unchanged(published_run, fixture):
+    assert snapshot(fixture.root) == FIXTURE_BEFORE
+
+
+def failing_run(env):
+    """Run the notebook expecting a DataError; return the executed notebook's error output."""
+    notebook, error = execute_notebook(env, timeout=300)
+    assert error is not None and error.startswith("DataError"), error
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
+               if o.output_type == "error"]
+    assert len(outputs) == 1
+    rendered = "\n".join(outputs[0]["traceback"])
+    assert "Traceback" not in rendered and len(rendered.splitlines()) < 15  # one message, no traceback wall
+    return rendered
+
+
+def test_missing_data_folder_stops_with_one_clear_message(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    message = failing_run({"BONE_FRACTURE_DATA_DIR": str(missing), "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o")})
+    assert str(missing) in message
+    assert "bmadushanirodrigo/fracture-multi-region-x-ray-data" in message
+    assert "train/fractured" in message and "BONE_FRACTURE_DOWNLOAD" in message
+    assert not missing.exists()
+
+
+def test_download_failure_without_network_is_clean_and_fast(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    message = failing_run({
+        "BONE_FRACTURE_DATA_DIR": str(missing), "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o"),
+        "BONE_FRACTURE_DOWNLOAD": "1", "KAGGLEHUB_CACHE": str(tmp_path / "cache"),
+        # Nothing listens on port 9: every request is refused at once, as offline.
+        "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "",
+        "KAGGLE_USERNAME": "nobody", "KAGGLE_KEY": "0" * 32})
+    assert str(missing) in message and "download failed" in message.lower()
+    assert "bmadushanirodrigo/fracture-multi-region-x-ray-data" in message
+
+
+def test_missing_class_folder_and_extra_class_folder_are_named(tmp_path):
+    data = tmp_path / "data"
+    build_fixture(data, with_odd_forms=False)
+    (data / "val/other_class").mkdir()
+    (data / "val/other_class/x.jpg").write_bytes(b"")
+    message = failing_run({"BONE_FRACTURE_DATA_DIR": str(data), "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o")})
+    assert "other_class" in message and str(data / "val") in message
+    shutil.rmtree(data / "val/other_class")
+    shutil.rmtree(data / "test/not_fractured")
+    message = failing_run({"BONE_FRACTURE_DATA_DIR": str(data), "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o")})
+    assert str(data / "test/not_fractured") in message
