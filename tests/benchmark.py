@@ -1,0 +1,233 @@
+"""Measure the notebook's speed on this machine: integrity check, input pipeline, training, inference.
+
+Usage (not part of the default test run)::
+
+    .venv/bin/python tests/benchmark.py --images 200 --out artifacts/benchmark.json
+
+It generates N synthetic radiographs of realistic sizes (300-2,000 px, mixed modes and formats) in a
+temporary folder and measures, in one run:
+
+* ``integrity_img_per_s``: the notebook's ``inspect_image`` (verify, full decode, hashes, cache) on
+  ``WORKERS`` threads, and on one thread;
+* ``pipeline_img_per_s``: training batches from the notebook's augmenting ``ImageDataGenerator`` and
+  ``make_batches`` (its loading settings), built on ``WORKERS`` threads as Keras does, and on one;
+* ``model_train_img_per_s`` and ``inference_img_per_s`` of the notebook's own ``build_model``;
+* ``reference_train_img_per_s`` of a seed-style CNN (three Conv 32/64/128 + MaxPool + BatchNorm blocks,
+  Flatten, Dense 128, Dropout, Dense 2 softmax), on the same input;
+* with ``--accuracy-epochs E``, both models trained E epochs on the generated images through the
+  notebook's pipeline, with their best validation accuracy.
+
+The notebook's functions are taken from the notebook itself: its parameters and setup cells run as
+they are, and from the other cells the function and class definitions (plus a few named constants)
+are executed. Each figure is the median of ``--repeats`` timed repeats after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixture_data import xray  # the fixture's synthetic radiograph
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "bone_fracture_classifier.ipynb"
+CONSTANTS = {"DIHEDRAL", "CACHE", "LAYOUT_HELP", "augmenting", "rescaling"}
+
+
+def notebook_namespace(img_size: int, output_dir: Path) -> dict:
+    """Execute the notebook's parameters and setup cells, then its definitions; return the namespace."""
+    os.environ["BONE_FRACTURE_IMG_SIZE"] = str(img_size)
+    os.environ["BONE_FRACTURE_OUTPUT_DIR"] = str(output_dir)
+    cells = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+    first = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+    namespace: dict = {"__name__": "bone_fracture_notebook"}
+    for cell in cells[first : first + 2]:  # parameters, then imports and seeds
+        exec(compile(cell.source, "<notebook setup>", "exec"), namespace)
+    for cell in cells[first + 2 :]:
+        kept = [node for node in ast.parse(cell.source).body if _is_definition(node)]
+        exec(compile(ast.Module(body=kept, type_ignores=[]), "<notebook definitions>", "exec"), namespace)
+    return namespace
+
+
+def _is_definition(node: ast.stmt) -> bool:
+    if isinstance(node, ast.FunctionDef | ast.ClassDef | ast.Import | ast.ImportFrom):
+        return True
+    return isinstance(node, ast.Assign) and any(getattr(t, "id", None) in CONSTANTS for t in node.targets)
+
+
+def reference_model(img_size: int, channels: int = 1):
+    """The seed-style CNN most public notebooks for this dataset train (about 11 M parameters at 224 px)."""
+    import keras
+
+    layers = [keras.Input((img_size, img_size, channels))]
+    for filters in (32, 64, 128):
+        layers += [keras.layers.Conv2D(filters, 3, activation="relu"), keras.layers.MaxPooling2D(),
+                   keras.layers.BatchNormalization()]
+    layers += [keras.layers.Flatten(), keras.layers.Dense(128, activation="relu"), keras.layers.Dropout(0.5),
+               keras.layers.Dense(2, activation="softmax")]
+    model = keras.Sequential(layers, name="reference_cnn")
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def generate_images(folder: Path, count: int, seed: int) -> list[tuple[Path, str]]:
+    """Write `count` synthetic radiographs, 300-2,000 px, as 8-bit and 16-bit PNG, grey and RGB JPEG."""
+    rng = np.random.default_rng(seed)
+    files = []
+    for i in range(count):
+        label = "fractured" if i % 2 == 0 else "not_fractured"
+        width, height = (int(v) for v in rng.integers(300, 2001, 2))
+        small = xray(rng, max(64, width // 4), max(64, height // 4), fractured=label == "fractured")
+        image = Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
+        kind = i % 4
+        path = folder / label / f"{i:05d}.{'png' if kind in (0, 3) else 'jpg'}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        if kind == 0:
+            image.save(buffer, "PNG")
+        elif kind == 1:
+            image.save(buffer, "JPEG", quality=90)
+        elif kind == 2:
+            image.convert("RGB").save(buffer, "JPEG", quality=90)
+        else:
+            Image.fromarray(np.asarray(image).astype(np.uint16) * 200).save(buffer, "PNG")
+        path.write_bytes(buffer.getvalue())
+        files.append((path, label))
+    return files
+
+
+def timed(function, repeats: int) -> float:
+    """Run `function` once to warm up, then `repeats` times; return the median seconds."""
+    function()
+    durations = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        durations.append(time.perf_counter() - start)
+    return statistics.median(durations)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=200, help="synthetic images to generate")
+    parser.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON file to write")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--train-batches", type=int, default=6, help="batches per timed training repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--accuracy-epochs", type=int, default=0, help="also compare validation accuracy")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bone-fracture-benchmark-"))
+    ns = notebook_namespace(args.img_size, work / "output")
+    import pandas as pd
+    import tensorflow as tf
+
+    print(f"Generating {args.images} images in {work} ...", flush=True)
+    files = generate_images(work / "images", args.images, seed=0)
+    paths = [str(p) for p, _ in files]
+    workers = ns["WORKERS"]
+    result: dict = {"images": args.images, "img_size": args.img_size, "batch_size": args.batch_size,
+                    "workers": workers, "repeats": args.repeats}
+
+    def integrity(threads: int) -> float:
+        def run() -> None:
+            ns["CACHE"] = Path(tempfile.mkdtemp(dir=work))  # fresh cache: every repeat writes every copy
+            with ThreadPoolExecutor(threads) as pool:
+                records = list(pool.map(ns["inspect_image"], paths))
+            assert all(r["reason"] is None for r in records), [r for r in records if r["reason"]][:1]
+        return args.images / timed(run, args.repeats)
+
+    result["integrity_img_per_s"] = integrity(workers)
+    result["integrity_1_thread_img_per_s"] = integrity(1)
+
+    records = [ns["inspect_image"](p) for p in paths]
+    frame = pd.DataFrame({"cache": [r["cache"] for r in records], "label": [label for _, label in files]})
+    batches = ns["make_batches"](frame, ns["augmenting"], shuffle=True, batch_size=args.batch_size)
+
+    def pipeline(threads: int) -> float:
+        def run() -> None:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(batches.__getitem__, range(len(batches))))
+        return len(frame) / timed(run, args.repeats)
+
+    result["pipeline_img_per_s"] = pipeline(workers)
+    result["pipeline_1_thread_img_per_s"] = pipeline(1)
+
+    x, y = batches[0]
+    x = np.concatenate([x] * (args.batch_size // len(x) + 1))[: args.batch_size]
+    y = np.concatenate([y] * (args.batch_size // len(y) + 1))[: args.batch_size]
+
+    def train_speed(model) -> float:
+        def run() -> None:
+            for _ in range(args.train_batches):
+                model.train_on_batch(x, y)
+        return args.train_batches * args.batch_size / timed(run, args.repeats)
+
+    model = ns["build_model"](args.img_size, ns["LEARNING_RATE"])
+    reference = reference_model(args.img_size)
+    result["model_parameters"] = int(model.count_params())
+    result["reference_parameters"] = int(reference.count_params())
+    result["model_train_img_per_s"] = train_speed(model)
+    result["reference_train_img_per_s"] = train_speed(reference)
+    result["inference_img_per_s"] = args.train_batches * args.batch_size / timed(
+        lambda: [model.predict_on_batch(x) for _ in range(args.train_batches)], args.repeats)
+    result["speedup_vs_reference"] = result["model_train_img_per_s"] / result["reference_train_img_per_s"]
+
+    if args.accuracy_epochs:
+        result.update(compare_accuracy(ns, frame, args))
+
+    result["machine"] = {"cores": os.cpu_count(), "tensorflow": tf.__version__, "python": platform.python_version(),
+                         "platform": platform.platform(), "processor": platform.processor() or platform.machine()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print_table(result)
+    print(f"Wrote {args.out}")
+
+
+def compare_accuracy(ns: dict, frame, args) -> dict:
+    """Train both models on the same generated images with the notebook's pipeline; best val accuracy."""
+    import keras
+
+    shuffled = frame.sample(frac=1, random_state=0).reset_index(drop=True)
+    cut = int(len(shuffled) * 0.75)
+    outcome = {}
+    for name, build in [("model", lambda: ns["build_model"](args.img_size, ns["LEARNING_RATE"])),
+                        ("reference", lambda: reference_model(args.img_size))]:
+        keras.utils.set_random_seed(0)
+        train = ns["make_batches"](shuffled[:cut], ns["augmenting"], shuffle=True, batch_size=args.batch_size)
+        val = ns["make_batches"](shuffled[cut:], ns["rescaling"], shuffle=False, batch_size=args.batch_size)
+        network = build()
+        start = time.perf_counter()
+        history = network.fit(train, validation_data=val, epochs=args.accuracy_epochs, verbose=0)
+        outcome[f"{name}_val_accuracy"] = max(history.history["val_accuracy"])
+        outcome[f"{name}_fit_seconds"] = time.perf_counter() - start
+    return outcome
+
+
+def print_table(result: dict) -> None:
+    rows = [(key, value) for key, value in result.items() if isinstance(value, int | float)]
+    width = max(len(key) for key, _ in rows)
+    print()
+    for key, value in rows:
+        print(f"{key:<{width}}  {value:>12,.1f}" if isinstance(value, float) else f"{key:<{width}}  {value:>12,}")
+    machine = result["machine"]
+    print(f"machine: {machine['cores']} cores, {machine['processor']}, TensorFlow {machine['tensorflow']}")
+
+
+if __name__ == "__main__":
+    main()
