@@ -11,7 +11,9 @@ temporary folder and measures, in one run:
   ``WORKERS`` threads, and on one thread;
 * ``pipeline_img_per_s``: training batches from the notebook's augmenting ``ImageDataGenerator`` and
   ``make_batches`` (its loading settings), built on ``WORKERS`` threads as Keras does, and on one;
-* ``model_train_img_per_s`` and ``inference_img_per_s`` of the notebook's own ``build_model``;
+* ``model_train_img_per_s`` and ``inference_img_per_s`` of the notebook's own ``build_model`` (training
+  steps on in-memory batches), and ``fit_img_per_s``: ``model.fit`` on the augmenting batches, end to
+  end, with ``WORKERS`` threads building batches and with one;
 * ``reference_train_img_per_s`` of a seed-style CNN (three Conv 32/64/128 + MaxPool + BatchNorm blocks,
   Flatten, Dense 128, Dropout, Dense 2 softmax), on the same input;
 * with ``--accuracy-epochs E``, both models trained E epochs on the generated images through the
@@ -60,6 +62,7 @@ def notebook_namespace(img_size: int, output_dir: Path) -> dict:
     for cell in cells[first + 2 :]:
         kept = [node for node in ast.parse(cell.source).body if _is_definition(node)]
         exec(compile(ast.Module(body=kept, type_ignores=[]), "<notebook definitions>", "exec"), namespace)
+    namespace["CACHE"].mkdir(parents=True, exist_ok=True)
     return namespace
 
 
@@ -187,6 +190,13 @@ def main() -> None:
     result["inference_img_per_s"] = args.train_batches * args.batch_size / timed(
         lambda: [model.predict_on_batch(x) for _ in range(args.train_batches)], args.repeats)
     result["speedup_vs_reference"] = result["model_train_img_per_s"] / result["reference_train_img_per_s"]
+
+    def fit_speed(threads: int) -> float:
+        batches.workers = threads
+        return len(frame) / timed(lambda: model.fit(batches, epochs=1, verbose=0), args.repeats)
+
+    result["fit_img_per_s"] = fit_speed(workers)  # end to end: augmenting pipeline and training together
+    result["fit_1_worker_img_per_s"] = fit_speed(1)
 
     if args.accuracy_epochs:
         result.update(compare_accuracy(ns, frame, args))

@@ -17,7 +17,7 @@ def published_run(notebook_run, fixture):
     to_predict = f"{fixture.root}/test/fractured,{fixture.root}/val/not_fractured/notes.png"
     papermill.execute_notebook(
         str(NOTEBOOK), str(WORK / "published.ipynb"), cwd=str(ROOT), kernel_name="python3", progress_bar=False,
-        parameters={"OUTPUT_DIR": str(output), "SPLIT": "published", "PREDICT": to_predict})
+        parameters={"OUTPUT_DIR": str(output), "SPLIT": "published", "PREDICT": to_predict, "WORKERS": 2})
     return output
 
 
@@ -65,6 +65,20 @@ def test_model_card_figures_equal_metrics_json(published_run):
 
 def test_runs_leave_the_users_files_byte_for_byte_unchanged(published_run, fixture):
     assert snapshot(fixture.root) == FIXTURE_BEFORE
+
+
+def test_same_data_and_seed_give_the_same_split_training_and_metrics(notebook_run, tmp_path):
+    again = tmp_path / "again"
+    _, error = execute_notebook({"BONE_FRACTURE_OUTPUT_DIR": str(again)})
+    assert error is None, error
+    columns = ["path", "label", "split", "group", "note", "sha1"]
+    pd.testing.assert_frame_equal(pd.read_csv(notebook_run / "index.csv")[columns],
+                                  pd.read_csv(again / "index.csv")[columns])
+    pd.testing.assert_frame_equal(pd.read_csv(notebook_run / "history.csv"), pd.read_csv(again / "history.csv"))
+    first, second = (json.loads((run / "metrics.json").read_text()) for run in (notebook_run, again))
+    assert first["test"] == second["test"]
+    assert first["audit"] == second["audit"]
+    assert (notebook_run / "leakage_report.csv").read_text() == (again / "leakage_report.csv").read_text()
 
 
 def failing_run(env):
