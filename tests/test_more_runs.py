@@ -1,7 +1,9 @@
 """Further notebook runs: published split with papermill parameters, bad data folders, and the fixture's safety."""
 
 import json
+import os
 import shutil
+import subprocess
 
 import pandas as pd
 import papermill
@@ -79,6 +81,32 @@ def test_same_data_and_seed_give_the_same_split_training_and_metrics(notebook_ru
     assert first["test"] == second["test"]
     assert first["audit"] == second["audit"]
     assert (notebook_run / "leakage_report.csv").read_text() == (again / "leakage_report.csv").read_text()
+
+
+def readme_command(marker):
+    """Return the shell command in the README's code block after <!-- marker -->."""
+    after = (ROOT / "README.md").read_text().split(f"<!-- {marker} -->", 1)[1]
+    return after.split("```sh\n", 1)[1].split("```", 1)[0].strip()
+
+
+def test_readme_run_command_executes_the_notebook_into_an_html_report(fixture, tmp_path):
+    output = tmp_path / "run"
+    env = {**os.environ, "BONE_FRACTURE_DATA_DIR": str(fixture.root), "BONE_FRACTURE_OUTPUT_DIR": str(output),
+           "BONE_FRACTURE_EPOCHS": "1"}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_command("run-command")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (output / "bone_fracture_classifier.html").read_text()
+    assert html.count("data:image/png;base64") >= 10  # self-contained: every figure embedded
+    assert "Model card" in html and "Traceback" not in html
+    assert json.loads((output / "metrics.json").read_text())["training"]["epochs_run"] == 1
+
+
+def test_readme_test_command_is_what_ci_runs():
+    command = readme_command("test-command")
+    assert command.endswith("python -m pytest")
+    ci = (ROOT / ".ci/run").read_text()
+    assert "<!-- test-command -->" in ci and 'bash -euo pipefail -c "$command"' in ci
 
 
 def failing_run(env):

@@ -64,3 +64,23 @@ def test_every_section_opens_with_markdown():
     headings = [c.source.splitlines()[0] for c in cells if c.cell_type == "markdown" and c.source.startswith("## ")]
     assert [h.split(".")[0] for h in headings] == [f"## {i}" for i in range(1, len(headings) + 1)]
     assert len(headings) >= 8
+
+
+def test_code_cells_are_short():
+    long_cells = {i: len(c.source.splitlines()) for i, c in enumerate(load().cells)
+                  if c.cell_type == "code" and len(c.source.splitlines()) > 40}
+    assert long_cells == {}, "split these cells or move logic into small functions"
+
+
+def test_helpers_are_defined_once_with_docstrings():
+    import ast
+
+    names = []
+    for cell in load().cells:
+        if cell.cell_type == "code":
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.FunctionDef | ast.ClassDef):
+                    names.append(node.name)
+                    assert ast.get_docstring(node), f"{node.name} has no docstring"
+    assert len(names) == len(set(names)), "a helper is defined twice"
+    assert len(names) >= 20
