@@ -1,0 +1,85 @@
+"""The notebook's own helpers, executed from the notebook, on inputs the fixture cannot plant.
+
+The notebook's parameters, setup and definition cells are executed (as the benchmark does), so these
+tests exercise the same functions the notebook runs, not copies.
+"""
+
+import numpy as np
+import pytest
+from benchmark import notebook_namespace
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def nb(tmp_path_factory):
+    return notebook_namespace(64, tmp_path_factory.mktemp("helpers"))
+
+
+def write_image(path, array, fmt="PNG"):
+    Image.fromarray(array).save(path, fmt)
+    return str(path)
+
+
+def test_unreadable_file_is_reported_not_fatal(nb, tmp_path, monkeypatch):
+    path = write_image(tmp_path / "locked.png", np.zeros((20, 20), np.uint8))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(nb["Image"], "open", refuse)  # root can read any file, so refuse at the open call
+    record = nb["inspect_image"](path)
+    assert record["reason"] == "unreadable" and "Permission denied" in record["detail"]
+
+
+def test_image_over_the_pixel_limit_is_reported_without_decoding(nb, tmp_path, monkeypatch):
+    path = write_image(tmp_path / "big.png", np.zeros((200, 300), np.uint8))
+    monkeypatch.setitem(nb, "MAX_MEGAPIXELS", 0.05)
+    record = nb["inspect_image"](path)
+    assert record["reason"] == "too large" and "300x200" in record["detail"]
+    assert "sha1" not in record
+
+
+def test_good_image_is_hashed_and_cached_at_model_size(nb, tmp_path):
+    array = np.random.default_rng(0).integers(0, 255, (90, 120), dtype=np.uint8)
+    record = nb["inspect_image"](write_image(tmp_path / "ok.png", array))
+    assert record["reason"] is None
+    assert (record["width"], record["height"]) == (120, 90)
+    assert len(record["phash"]) == 8 and len(record["sha1"]) == 40
+    assert Image.open(record["cache"]).size == (64, 64)
+
+
+def test_same_pixels_in_another_format_hash_alike_and_rotation_is_a_near_copy(nb, tmp_path):
+    array = np.random.default_rng(1).integers(0, 255, (80, 100), dtype=np.uint8)
+    png = nb["inspect_image"](write_image(tmp_path / "a.png", array))
+    bmp = nb["inspect_image"](write_image(tmp_path / "a.bmp", array, "BMP"))
+    turned = nb["inspect_image"](write_image(tmp_path / "b.png", np.rot90(array).copy()))
+    assert png["sha1"] == bmp["sha1"] != turned["sha1"]
+    distances = nb["hamming_matrix"]([png["phash"], turned["phash"]])
+    assert distances[0, 1] == 0
+
+
+def test_flat_sixteen_bit_image_does_not_divide_by_zero(nb):
+    flat = Image.fromarray(np.full((10, 10), 3000, np.uint16))
+    grey = nb["to_grey8"](flat)
+    assert grey.mode == "L" and np.asarray(grey).max() == 0
+
+
+def test_threshold_is_the_highest_reaching_the_target_sensitivity(nb):
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.4, 0.3, 0.7, 0.2, 0.1, 0.05])
+    assert nb["threshold_for_sensitivity"](y, p, 0.75) == pytest.approx(0.4)
+    assert nb["threshold_for_sensitivity"](y, p, 1.0) == pytest.approx(0.3)
+    assert nb["sensitivity_specificity"](y, p, 0.4) == (0.75, 0.75)
+
+
+def test_grouped_split_never_cuts_a_group_and_follows_the_fractions(nb):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(300), rng.integers(1, 4, 300))
+    frame = pd.DataFrame({"group": groups, "label": np.where(groups % 3 == 0, "fractured", "not_fractured")})
+    split = nb["grouped_split"](frame, [0.7, 0.15, 0.15], seed=0)
+    assert (frame.assign(split=split).groupby("group")["split"].nunique() == 1).all()
+    shares = split.value_counts(normalize=True)
+    assert shares["train"] == pytest.approx(0.7, abs=0.02) and shares["test"] == pytest.approx(0.15, abs=0.02)
+    assert split.equals(nb["grouped_split"](frame, [0.7, 0.15, 0.15], seed=0))
