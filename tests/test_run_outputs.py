@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-FIGURES = ["class_distribution", "sample_images", "near_duplicate_distances", "duplicate_pairs", "training_curves",
-           "confusion_matrix", "roc_pr_calibration", "gradcam", "confident_mistakes", "predictions"]
+FIGURES = ["class_distribution", "sample_images", "near_duplicate_distances", "duplicate_pairs",
+           "augmentation_examples", "training_curves", "confusion_matrix", "roc_pr_calibration", "gradcam",
+           "confident_mistakes", "predictions"]
 
 
 def test_corrupt_report_lists_exactly_the_planted_bad_files(notebook_run, fixture):
