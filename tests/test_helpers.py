@@ -83,3 +83,16 @@ def test_grouped_split_never_cuts_a_group_and_follows_the_fractions(nb):
     shares = split.value_counts(normalize=True)
     assert shares["train"] == pytest.approx(0.7, abs=0.02) and shares["test"] == pytest.approx(0.15, abs=0.02)
     assert split.equals(nb["grouped_split"](frame, [0.7, 0.15, 0.15], seed=0))
+
+
+def test_prediction_input_equals_what_the_training_generator_feeds(nb, tmp_path):
+    import pandas as pd
+
+    rng = np.random.default_rng(2)
+    array = (rng.integers(0, 4000, (150, 110)) + 500).astype(np.uint16)  # 16-bit, odd size
+    path = write_image(tmp_path / "scan16.png", array)
+    record = nb["inspect_image"](path)
+    frame = pd.DataFrame({"cache": [record["cache"]], "label": ["fractured"]})
+    fed = nb["make_batches"](frame, nb["rescaling"], shuffle=False, batch_size=1)[0][0][0]
+    assert fed.shape == (64, 64, 1)
+    np.testing.assert_allclose(nb["model_input"](path), fed, atol=1e-6)
