@@ -51,6 +51,12 @@ class Fixture:
     exif_rotated: str = ""
     exif_upright: np.ndarray | None = None
 
+    def leaked_share(self, split: str) -> float:
+        """Share of the good images planted in published `split` that are copies of a train image."""
+        copies = {path for pair in self.dup_pairs for path in pair if not path.startswith("train/")}
+        in_split = [path for path in self.good if path.startswith(f"{split}/")]
+        return sum(path in copies for path in in_split) / len(in_split)
+
 
 def xray(rng: np.random.Generator, width: int, height: int, fractured: bool) -> np.ndarray:
     """Return an 8-bit greyscale array that looks like a plain radiograph.
