@@ -32,6 +32,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -141,6 +142,7 @@ def main() -> None:
     parser.add_argument("--train-batches", type=int, default=6, help="batches per timed training repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--accuracy-epochs", type=int, default=0, help="also compare validation accuracy")
+    parser.add_argument("--keep", action="store_true", help="keep the generated images and caches")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bone-fracture-benchmark-"))
@@ -215,6 +217,8 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2))
     print_table(result)
     print(f"Wrote {args.out}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def compare_accuracy(ns: dict, frame, args) -> dict:

@@ -96,3 +96,24 @@ def test_prediction_input_equals_what_the_training_generator_feeds(nb, tmp_path)
     fed = nb["make_batches"](frame, nb["rescaling"], shuffle=False, batch_size=1)[0][0][0]
     assert fed.shape == (64, 64, 1)
     np.testing.assert_allclose(nb["model_input"](path), fed, atol=1e-6)
+
+
+def test_benchmark_script_runs_and_reports_every_figure(tmp_path):
+    """A tiny smoke run of tests/benchmark.py (its real measurement is run by hand; see README)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "benchmark.json"
+    script = Path(__file__).with_name("benchmark.py")
+    result = subprocess.run([sys.executable, str(script), "--images", "8", "--repeats", "1", "--train-batches", "1",
+                             "--img-size", "32", "--batch-size", "4", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for key in ["integrity_img_per_s", "pipeline_img_per_s", "model_train_img_per_s", "inference_img_per_s",
+                "reference_train_img_per_s", "fit_img_per_s"]:
+        assert figures[key] > 0, key
+    assert figures["machine"]["cores"] >= 1 and figures["machine"]["tensorflow"].startswith("2.21")
+    assert "integrity_img_per_s" in result.stdout  # the printed table
