@@ -154,3 +154,10 @@ def test_missing_class_folder_and_extra_class_folder_are_named(tmp_path):
     shutil.rmtree(data / "test/not_fractured")
     message = failing_run({"BONE_FRACTURE_DATA_DIR": str(data), "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o")})
     assert str(data / "test/not_fractured") in message
+
+
+def test_invalid_parameter_values_are_named(tmp_path):
+    _, error = execute_notebook({"BONE_FRACTURE_EPOCHS": "ten", "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o")})
+    assert error == "ValueError: BONE_FRACTURE_EPOCHS='ten' is not a valid int"
+    message = failing_run({"BONE_FRACTURE_SPLIT": "random", "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o")})
+    assert "'random'" in message and "'grouped' or 'published'" in message
