@@ -36,7 +36,6 @@ RUN_ENV = {
     "BONE_FRACTURE_BATCH_SIZE": "8",
     "BONE_FRACTURE_BOOTSTRAP": "300",
     "BONE_FRACTURE_SEED": "7",
-    "BONE_FRACTURE_WORKERS": "1",  # bit-for-bit repeatable training; the published run uses 2
 }
 
 

@@ -20,7 +20,7 @@ def published_run(notebook_run, fixture):
     to_predict = f"{fixture.root}/test/fractured,{fixture.root}/val/not_fractured/notes.png"
     papermill.execute_notebook(
         str(NOTEBOOK), str(WORK / "published.ipynb"), cwd=str(ROOT), kernel_name="python3", progress_bar=False,
-        parameters={"OUTPUT_DIR": str(output), "SPLIT": "published", "PREDICT": to_predict, "WORKERS": 2})
+        parameters={"OUTPUT_DIR": str(output), "SPLIT": "published", "PREDICT": to_predict, "WORKERS": 1})
     return output
 
 
