@@ -23,8 +23,9 @@ def test_corrupt_report_lists_exactly_the_planted_bad_files(notebook_run, fixtur
 def test_hidden_files_are_skipped_not_indexed(notebook_run, fixture):
     index = pd.read_csv(notebook_run / "index.csv")
     report = pd.read_csv(notebook_run / "corrupt_images.csv")
-    mentioned = set(index["path"]) | set(report["path"])
-    assert not any(path.endswith(("/.DS_Store", "/Thumbs.db")) for path in mentioned)
+    mentioned = {path.removeprefix(f"{fixture.root}/") for path in set(index["path"]) | set(report["path"])}
+    assert sorted(fixture.skipped) == ["test/fractured/.DS_Store", "val/fractured/Thumbs.db"]
+    assert mentioned.isdisjoint(fixture.skipped)
 
 
 def test_index_holds_every_good_image_once(notebook_run, fixture):
