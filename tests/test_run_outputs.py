@@ -97,3 +97,20 @@ def test_metrics_json_has_the_documented_keys(metrics):
     for key in ["files", "distinct", "groups", "published_leaked_share", "label_conflicts", "metadata_auc"]:
         assert key in metrics["audit"], key
     json.dumps(metrics)  # round-trips
+
+
+def test_every_output_the_readme_lists_is_written(notebook_run):
+    import re
+
+    from conftest import ROOT
+
+    table = (ROOT / "README.md").read_text().split("## Outputs", 1)[1].split("\n## ", 1)[0]
+    first_cells = re.findall(r"^\| ([^|]+) \|", table, flags=re.M)
+    listed = {name for cell in first_cells for name in re.findall(r"`([^`]+)`", cell)}
+    listed -= {"bone_fracture_classifier.html"}  # written by the README's run command (tested there)
+    assert len(listed) >= 20
+    for name in sorted(listed):
+        path = notebook_run / name.replace("<size>", "64")
+        assert path.exists(), name
+    written = {p.name for p in notebook_run.iterdir()}
+    assert written <= {n.split("/")[0] for n in listed}, written - listed  # nothing unlisted
