@@ -117,3 +117,22 @@ def test_benchmark_script_runs_and_reports_every_figure(tmp_path):
         assert figures[key] > 0, key
     assert figures["machine"]["cores"] >= 1 and figures["machine"]["tensorflow"].startswith("2.21")
     assert "integrity_img_per_s" in result.stdout  # the printed table
+
+
+def test_a_successful_download_is_found_inside_the_kaggle_archive(nb, tmp_path, monkeypatch):
+    """kagglehub is replaced by a stub that 'downloads' a nested copy of the layout (no network in tests)."""
+    import sys
+    import types
+
+    archive = tmp_path / "kagglehub" / "datasets" / "x" / "versions" / "1"
+    root = archive / "Bone_Fracture" / "dataset_bone_fracture"
+    for split in ("train", "val", "test"):
+        for label in ("fractured", "not_fractured"):
+            (root / split / label).mkdir(parents=True)
+    calls = []
+    stub = types.SimpleNamespace(dataset_download=lambda handle: calls.append(handle) or str(archive))
+    monkeypatch.setitem(sys.modules, "kagglehub", stub)
+    assert nb["download_dataset"]() == root
+    assert calls == ["bmadushanirodrigo/fracture-multi-region-x-ray-data"]
+    assert nb["find_split_root"](tmp_path / "kagglehub" / "datasets") == root
+    assert nb["find_split_root"](tmp_path / "kagglehub" / "datasets" / "x" / "nothing") is None
