@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import io
 import json
 import os
@@ -51,23 +52,30 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "bone_fracture_classifier.ip
 CONSTANTS = {"DIHEDRAL", "CACHE", "LAYOUT_HELP", "AUGMENTATION_LOCK", "BATCH_SEEDS", "augmenting", "rescaling"}
 
 
+@contextlib.contextmanager
+def environment(overrides: dict[str, str]):
+    """Set environment variables for the duration of a `with` block, then restore the caller's."""
+    saved = {key: os.environ.get(key) for key in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def notebook_namespace(img_size: int, output_dir: Path) -> dict:
     """Execute the notebook's parameters and setup cells, then its definitions; return the namespace."""
     cells = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
     first = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
     namespace: dict = {"__name__": "bone_fracture_notebook"}
     overrides = {"BONE_FRACTURE_IMG_SIZE": str(img_size), "BONE_FRACTURE_OUTPUT_DIR": str(output_dir)}
-    saved = {key: os.environ.get(key) for key in overrides}
-    os.environ.update(overrides)
-    try:
+    with environment(overrides):
         for cell in cells[first : first + 2]:  # parameters, then imports and seeds
             exec(compile(cell.source, "<notebook setup>", "exec"), namespace)
-    finally:  # leave the caller's environment as it was
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     for cell in cells[first + 2 :]:
         kept = [node for node in ast.parse(cell.source).body if _is_definition(node)]
         exec(compile(ast.Module(body=kept, type_ignores=[]), "<notebook definitions>", "exec"), namespace)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from benchmark import environment
 from fixture_data import build_fixture, snapshot
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
@@ -60,20 +61,13 @@ def execute_notebook(env: dict[str, str], timeout: int = 900) -> tuple[nbformat.
     Returns the executed notebook and the error name and message of the failing cell (or None).
     """
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
     try:
-        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(ROOT)}}).execute()
+        with environment(env):  # the kernel inherits this process's environment
+            NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                           resources={"metadata": {"path": str(ROOT)}}).execute()
         error = None
     except CellExecutionError as failure:
         error = f"{failure.ename}: {failure.evalue}"
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return notebook, error
 
 
