@@ -98,6 +98,36 @@ def test_prediction_input_equals_what_the_training_generator_feeds(nb, tmp_path)
     np.testing.assert_allclose(nb["model_input"](path), fed, atol=1e-6)
 
 
+def test_training_batches_do_not_depend_on_which_thread_builds_them(nb, tmp_path):
+    """Augmented batches built by 8 threads at once equal the same batches built one by one, every time.
+
+    Keras's iterator reseeds NumPy's global generator per batch; if the notebook let it, threads would
+    interleave reseeds and draws and this comparison would fail in most trials.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    paths = [write_image(tmp_path / f"x{i}.png", rng.integers(0, 255, (40, 40), dtype=np.uint8)) for i in range(64)]
+    frame = pd.DataFrame({"cache": paths, "label": ["fractured", "not_fractured"] * 32})
+
+    def training_batches():
+        return nb["ShuffledBatches"](nb["make_batches"](frame, nb["augmenting"], False, 2), workers=8)
+
+    one_by_one = training_batches()
+    expected = [one_by_one[i][0] for i in range(len(one_by_one))]
+    assert not np.array_equal(expected[0][0], expected[1][0])  # augmentation differs from image to image
+    for _ in range(10):
+        batches = training_batches()
+        with ThreadPoolExecutor(8) as pool:
+            built = list(pool.map(lambda i, b=batches: b[i][0], range(len(batches))))
+        for want, got in zip(expected, built):
+            np.testing.assert_array_equal(want, got)
+    batches.on_epoch_end()  # a new epoch: a new order and new transforms
+    assert not np.array_equal(batches[0][0], expected[0])
+
+
 def test_benchmark_script_runs_and_reports_every_figure(tmp_path):
     """A tiny smoke run of tests/benchmark.py (its real measurement is run by hand; see README)."""
     import json
