@@ -9,8 +9,8 @@ temporary folder and measures, in one run:
 
 * ``integrity_img_per_s``: the notebook's ``inspect_image`` (verify, full decode, hashes, cache) on
   ``WORKERS`` threads, and on one thread;
-* ``pipeline_img_per_s``: training batches from the notebook's augmenting ``ImageDataGenerator`` and
-  ``make_batches`` (its loading settings), built on ``WORKERS`` threads as Keras does, and on one;
+* ``pipeline_img_per_s``: augmented training batches from the notebook's ``XrayBatches``, built on
+  ``WORKERS`` threads as Keras does, and on one;
 * ``model_train_img_per_s`` and ``inference_img_per_s`` of the notebook's own ``build_model`` (training
   steps on in-memory batches), and ``fit_img_per_s``: ``model.fit`` on the augmenting batches, end to
   end, with ``WORKERS`` threads building batches and with one;
@@ -19,16 +19,16 @@ temporary folder and measures, in one run:
 * with ``--accuracy-epochs E``, both models trained E epochs on the generated images through the
   notebook's pipeline, with their best validation accuracy.
 
-The notebook's functions are taken from the notebook itself: its parameters and setup cells run as
-they are, and from the other cells the function and class definitions (plus a few named constants)
-are executed. Each figure is the median of ``--repeats`` timed repeats after a warm-up.
+* with ``--audit-images N``, the integrity check plus duplicate audit on N generated images shaped like
+  the Kaggle set (91 % rotated 224x224 copies of few sources, with black corners).
+
+The notebook's functions are taken from the notebook itself (its ``parameters``, ``setup`` and
+``definitions`` cells, see ``nbhelpers.py``). Each figure is the median of ``--repeats`` timed repeats after a warm-up.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import contextlib
 import io
 import json
 import os
@@ -41,52 +41,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import nbformat
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixture_data import xray  # the fixture's synthetic radiograph
-
-NOTEBOOK = Path(__file__).resolve().parent.parent / "bone_fracture_classifier.ipynb"
-CONSTANTS = {"DIHEDRAL", "CACHE", "LAYOUT_HELP", "AUGMENTATION_LOCK", "BATCH_SEEDS", "augmenting", "rescaling"}
-
-
-@contextlib.contextmanager
-def environment(overrides: dict[str, str]):
-    """Set environment variables for the duration of a `with` block, then restore the caller's."""
-    saved = {key: os.environ.get(key) for key in overrides}
-    os.environ.update(overrides)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def notebook_namespace(img_size: int, output_dir: Path) -> dict:
-    """Execute the notebook's parameters and setup cells, then its definitions; return the namespace."""
-    cells = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
-    first = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
-    namespace: dict = {"__name__": "bone_fracture_notebook"}
-    overrides = {"BONE_FRACTURE_IMG_SIZE": str(img_size), "BONE_FRACTURE_OUTPUT_DIR": str(output_dir)}
-    with environment(overrides):
-        for cell in cells[first : first + 2]:  # parameters, then imports and seeds
-            exec(compile(cell.source, "<notebook setup>", "exec"), namespace)
-    for cell in cells[first + 2 :]:
-        kept = [node for node in ast.parse(cell.source).body if _is_definition(node)]
-        exec(compile(ast.Module(body=kept, type_ignores=[]), "<notebook definitions>", "exec"), namespace)
-    namespace["CACHE"].mkdir(parents=True, exist_ok=True)
-    return namespace
-
-
-def _is_definition(node: ast.stmt) -> bool:
-    if isinstance(node, ast.FunctionDef | ast.ClassDef | ast.Import | ast.ImportFrom):
-        return True
-    return isinstance(node, ast.Assign) and any(getattr(t, "id", None) in CONSTANTS for t in node.targets)
+from nbhelpers import notebook_namespace
 
 
 def reference_model(img_size: int, channels: int = 1):
@@ -149,6 +109,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--train-batches", type=int, default=6, help="batches per timed training repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--audit-images", type=int, default=0,
+                        help="also time integrity check + duplicate audit on a Kaggle-shaped set of this size")
     parser.add_argument("--accuracy-epochs", type=int, default=0, help="also compare validation accuracy")
     parser.add_argument("--keep", action="store_true", help="keep the generated images and caches")
     args = parser.parse_args()
@@ -178,9 +140,14 @@ def main() -> None:
 
     records = [ns["inspect_image"](p) for p in paths]
     frame = pd.DataFrame({"cache": [r["cache"] for r in records], "label": [label for _, label in files]})
-    batches = ns["make_batches"](frame, ns["augmenting"], shuffle=True, batch_size=args.batch_size)
+
+    def training_batches(threads: int):
+        ns["WORKERS"] = threads  # XrayBatches builds batches on WORKERS threads
+        return ns["XrayBatches"](frame, args.batch_size, augment=True)
 
     def pipeline(threads: int) -> float:
+        batches = training_batches(threads)
+
         def run() -> None:
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(batches.__getitem__, range(len(batches))))
@@ -189,7 +156,7 @@ def main() -> None:
     result["pipeline_img_per_s"] = pipeline(workers)
     result["pipeline_1_thread_img_per_s"] = pipeline(1)
 
-    x, y = batches[0]
+    x, y = training_batches(1)[0]
     x = np.concatenate([x] * (args.batch_size // len(x) + 1))[: args.batch_size]
     y = np.concatenate([y] * (args.batch_size // len(y) + 1))[: args.batch_size]
 
@@ -210,12 +177,14 @@ def main() -> None:
     result["speedup_vs_reference"] = result["model_train_img_per_s"] / result["reference_train_img_per_s"]
 
     def fit_speed(threads: int) -> float:
-        unshuffled = ns["make_batches"](frame, ns["augmenting"], shuffle=False, batch_size=args.batch_size)
-        training = ns["ShuffledBatches"](unshuffled, workers=threads)  # the notebook's training batches
+        training = training_batches(threads)  # the notebook's training batches
         return len(frame) / timed(lambda: model.fit(training, epochs=1, verbose=0), args.repeats)
 
     result["fit_img_per_s"] = fit_speed(workers)  # end to end: augmenting pipeline and training together
     result["fit_1_worker_img_per_s"] = fit_speed(1)
+    ns["WORKERS"] = workers
+    if args.audit_images:
+        result.update(audit_speed(ns, work / "rotated", args.audit_images))
 
     if args.accuracy_epochs:
         result.update(compare_accuracy(ns, frame, args))
@@ -240,14 +209,61 @@ def compare_accuracy(ns: dict, frame, args) -> dict:
     for name, build in [("model", lambda: ns["build_model"](args.img_size, ns["LEARNING_RATE"])),
                         ("reference", lambda: reference_model(args.img_size))]:
         keras.utils.set_random_seed(0)
-        train = ns["make_batches"](shuffled[:cut], ns["augmenting"], shuffle=True, batch_size=args.batch_size)
-        val = ns["make_batches"](shuffled[cut:], ns["rescaling"], shuffle=False, batch_size=args.batch_size)
+        train = ns["XrayBatches"](shuffled[:cut], args.batch_size, augment=True)
+        val = ns["XrayBatches"](shuffled[cut:], args.batch_size)
         network = build()
         start = time.perf_counter()
         history = network.fit(train, validation_data=val, epochs=args.accuracy_epochs, verbose=0)
         outcome[f"{name}_val_accuracy"] = max(history.history["val_accuracy"])
         outcome[f"{name}_fit_seconds"] = time.perf_counter() - start
     return outcome
+
+
+def generate_rotated_set(folder: Path, count: int, seed: int) -> list[Path]:
+    """Write a set shaped like the Kaggle one.
+
+    91 % are 224x224 copies of 1 % of sources, squashed to a square and rotated by arbitrary angles (up to
+    three times) with black corners; the rest are originals of any size.
+    """
+    rng = np.random.default_rng(seed)
+    copies = int(count * 0.91)
+    sources = [Image.fromarray(xray(rng, *(int(v) for v in rng.integers(200, 900, 2)), fractured=bool(i % 2)))
+               for i in range(max(1, count // 100))]
+    paths = []
+    for i in range(count):
+        if i < copies:
+            image = sources[i % len(sources)].resize((224, 224), Image.Resampling.BILINEAR)
+            for angle in rng.uniform(5, 355, int(rng.integers(1, 4))):
+                image = image.rotate(float(angle), Image.Resampling.BILINEAR, fillcolor=0)
+        else:
+            image = Image.fromarray(xray(rng, *(int(v) for v in rng.integers(200, 1200, 2)), fractured=bool(i % 2)))
+        path = folder / f"{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def audit_speed(ns: dict, folder: Path, count: int) -> dict:
+    """Time the notebook's integrity check and duplicate audit (candidates, verification, groups) end to end."""
+    import pandas as pd
+
+    paths = [str(p) for p in generate_rotated_set(folder, count, seed=1)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(ns["WORKERS"]) as pool:
+        records = list(pool.map(ns["inspect_image"], paths))
+    good = pd.DataFrame(records).assign(original_split="train", label="fractured")
+    checked = time.perf_counter()
+    distinct = good.drop_duplicates("sha1").reset_index(drop=True)
+    verified = ns["verified_candidates"](distinct, ns["NEAR_DUP_CANDIDATES"])
+    linked = verified[verified["similarity"] >= ns["NEAR_DUP_SIMILARITY"]]
+    groups = ns["duplicate_groups"](good, ns["duplicate_pairs"](good, distinct, linked))
+    done = time.perf_counter()
+    planted = max(1, count // 100) + count - int(count * 0.91)  # sources, plus originals without copies
+    return {"audit_images": count, "audit_integrity_seconds": checked - start,
+            "audit_duplicates_seconds": done - checked, "audit_total_seconds": done - start,
+            "audit_candidate_pairs": len(verified), "audit_groups": int(len(set(groups))),
+            "audit_planted_groups": planted}
 
 
 def print_table(result: dict) -> None:

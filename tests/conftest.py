@@ -16,10 +16,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from benchmark import environment
 from fixture_data import build_fixture, snapshot
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+from nbhelpers import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "bone_fracture_classifier.ipynb"
@@ -28,8 +28,9 @@ FIXTURE = build_fixture(WORK / "data")
 FIXTURE_BEFORE = snapshot(FIXTURE.root)
 OUTPUT = WORK / "output"
 
-# Small and fast: 2 epochs at 64x64 px.
+# Small and fast: 2 folds, 2 epochs at 64x64 px.
 RUN_ENV = {
+    "BONE_FRACTURE_FOLDS": "2",
     "BONE_FRACTURE_DATA_DIR": str(FIXTURE.root),
     "BONE_FRACTURE_OUTPUT_DIR": str(OUTPUT),
     "BONE_FRACTURE_EPOCHS": "2",

@@ -11,7 +11,9 @@ test time from a fixed seed, so nothing binary is committed. It holds:
   named ``.png``, a broken symlink, and hidden/system files that must be
   skipped (``.DS_Store``, ``Thumbs.db``);
 * planted duplicates: an exact copy, a re-encoded copy, a resized copy, a
-  90-degree rotated copy, and one image filed under both classes;
+  90-degree rotated copy, one image filed under both classes, and a family of
+  copies rotated by arbitrary angles (once, twice, mirrored) with black corners,
+  next to two look-alikes that are not copies;
 * the odd-but-valid forms real folders hold: 16-bit PNG, CMYK JPEG, a JPEG
   with an EXIF orientation tag, upper-case extensions, palette and RGBA PNG,
   BMP, TIFF, a GIF behind a ``.jpg`` name, a large image and an image in a
@@ -46,14 +48,21 @@ class Fixture:
     skipped: list[str] = field(default_factory=list)  # hidden / system files
     good: dict[str, str] = field(default_factory=dict)  # path -> label
     dup_pairs: dict[frozenset, str] = field(default_factory=dict)  # pair -> kind
+    families: list[set[str]] = field(default_factory=list)  # rotated copies of one radiograph, source included
+    look_alikes: tuple[str, str] = ("", "")  # two different radiographs with the same border and marker
     conflict: tuple[str, str] = ("", "")
     sixteen_bit: str = ""
     exif_rotated: str = ""
     exif_upright: np.ndarray | None = None
 
+    def planted_groups(self) -> list[set[str]]:
+        """Every planted set of copies of one radiograph: the duplicate pairs and the rotated families."""
+        return [set(pair) for pair in self.dup_pairs] + self.families
+
     def leaked_share(self, split: str) -> float:
         """Share of the good images planted in published `split` that are copies of a train image."""
-        copies = {path for pair in self.dup_pairs for path in pair if not path.startswith("train/")}
+        copies = {path for group in self.planted_groups() if any(p.startswith("train/") for p in group)
+                  for path in group if not path.startswith("train/")}
         in_split = [path for path in self.good if path.startswith(f"{split}/")]
         return sum(path in copies for path in in_split) / len(in_split)
 
@@ -178,6 +187,8 @@ def build_fixture(root: Path, with_odd_forms: bool = True) -> Fixture:
                    write("train/not_fractured/conflict.jpg", data, "not_fractured"))
     fx.dup_pairs[frozenset(fx.conflict)] = "exact"
 
+    _add_rotated_family(rng, fx, write, encode)
+
     # Planted bad files: never deleted, listed in corrupt_images.csv.
     fx.bad[write("train/fractured/empty.jpg", b"", None)] = "empty"
     whole = encode(xray(rng, 200, 240, fractured=False), "JPEG", quality=90)
@@ -232,6 +243,38 @@ def _add_odd_forms(root, rng, fx, write, encode, random_size) -> None:
     link = root / "train/fractured/broken_link.jpg"
     os.symlink(root / "train/fractured/does_not_exist.jpg", link)
     fx.bad["train/fractured/broken_link.jpg"] = "broken symlink"
+
+
+def _add_rotated_family(rng, fx, write, encode) -> None:
+    """Plant copies as the Kaggle set makes them, and two look-alikes that are not copies.
+
+    The family: one radiograph, squashed to 224x224 and rotated about the centre by 7, 23 and 41 degrees,
+    by 23 then 41, and mirrored then rotated by 300, each with black corners and re-encoded as JPEG. The
+    look-alikes: two different radiographs with the same marker, rotated by the same angle (so the same
+    black corners), filed under different labels.
+    """
+    source = xray(rng, 300, 220, fractured=True)
+    square = Image.fromarray(source).resize((224, 224), Image.Resampling.BILINEAR)
+    family = {write("train/fractured/family_source.png", encode(source, "PNG"), "fractured")}
+    for rel, angles, mirror in [("val/fractured/family_rot7.jpg", [7], False),
+                                ("test/fractured/family_rot23.jpg", [23], False),
+                                ("train/fractured/family_rot41.jpg", [41], False),
+                                ("test/fractured/family_rot23_41.jpg", [23, 41], False),
+                                ("val/fractured/family_mirror_rot300.jpg", [300], True)]:
+        image = square.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else square
+        for angle in angles:
+            image = image.rotate(angle, Image.Resampling.BILINEAR, fillcolor=0)
+        family.add(write(rel, _jpeg_bytes(image), "fractured"))
+    fx.families.append(family)
+
+    look_alikes = []
+    for rel, label in [("train/fractured/lookalike_a.jpg", "fractured"), ("test/not_fractured/lookalike_b.jpg",
+                                                                          "not_fractured")]:
+        array = xray(rng, 224, 224, fractured=label == "fractured")
+        array[40:70, 150:180] = 235  # the same bright marker box with a dark letter stroke
+        array[45:65, 160:166] = 20
+        look_alikes.append(write(rel, _jpeg_bytes(Image.fromarray(array).rotate(30, fillcolor=0)), label))
+    fx.look_alikes = tuple(look_alikes)
 
 
 def _save(image: Image.Image, fmt: str) -> bytes:

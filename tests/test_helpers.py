@@ -1,12 +1,12 @@
 """The notebook's own helpers, executed from the notebook, on inputs the fixture cannot plant.
 
-The notebook's parameters, setup and definition cells are executed (as the benchmark does), so these
-tests exercise the same functions the notebook runs, not copies.
+The notebook's parameters, setup and definitions cells are executed (see nbhelpers.py), so these tests
+exercise the same functions the notebook runs, not copies.
 """
 
 import numpy as np
 import pytest
-from benchmark import notebook_namespace
+from nbhelpers import notebook_namespace
 from PIL import Image
 
 
@@ -39,23 +39,33 @@ def test_image_over_the_pixel_limit_is_reported_without_decoding(nb, tmp_path, m
     assert "sha1" not in record
 
 
-def test_good_image_is_hashed_and_cached_at_model_size(nb, tmp_path):
+def test_good_image_is_hashed_signed_and_cached_at_model_size(nb, tmp_path):
     array = np.random.default_rng(0).integers(0, 255, (90, 120), dtype=np.uint8)
     record = nb["inspect_image"](write_image(tmp_path / "ok.png", array))
     assert record["reason"] is None
     assert (record["width"], record["height"]) == (120, 90)
-    assert len(record["phash"]) == 8 and len(record["sha1"]) == 40
+    assert len(record["sha1"]) == 40
+    assert record["signature"].shape == (nb["RINGS"], nb["ANGLES"])
+    assert np.linalg.norm(record["signature"]) == pytest.approx(1, abs=1e-5)
     assert Image.open(record["cache"]).size == (64, 64)
 
 
-def test_same_pixels_in_another_format_hash_alike_and_rotation_is_a_near_copy(nb, tmp_path):
+def test_same_pixels_in_another_format_hash_alike_and_a_quarter_turn_is_a_near_copy(nb, tmp_path):
     array = np.random.default_rng(1).integers(0, 255, (80, 100), dtype=np.uint8)
     png = nb["inspect_image"](write_image(tmp_path / "a.png", array))
     bmp = nb["inspect_image"](write_image(tmp_path / "a.bmp", array, "BMP"))
     turned = nb["inspect_image"](write_image(tmp_path / "b.png", np.rot90(array).copy()))
     assert png["sha1"] == bmp["sha1"] != turned["sha1"]
-    distances = nb["hamming_matrix"]([png["phash"], turned["phash"]])
-    assert distances[0, 1] == 0
+    spectra = np.fft.rfft(np.stack([png["signature"], turned["signature"]]), axis=2)
+    found = nb["verify_pairs"](spectra, np.array([[0, 1]]))
+    assert found.at[0, "similarity"] > 0.98 and found.at[0, "angle"] in (90.0, 270.0)
+
+
+def test_a_flat_image_is_linked_to_nothing(nb):
+    flat = nb["disc_signature"](Image.new("L", (50, 50), 128))
+    other = nb["disc_signature"](Image.fromarray(np.random.default_rng(2).integers(0, 255, (50, 50), dtype=np.uint8)))
+    found = nb["verify_pairs"](np.fft.rfft(np.stack([flat, other]), axis=2), np.array([[0, 1]]))
+    assert abs(found.at[0, "similarity"]) < 1e-3
 
 
 def test_flat_sixteen_bit_image_does_not_divide_by_zero(nb):
@@ -69,7 +79,8 @@ def test_threshold_is_the_highest_reaching_the_target_sensitivity(nb):
     p = np.array([0.9, 0.8, 0.4, 0.3, 0.7, 0.2, 0.1, 0.05])
     assert nb["threshold_for_sensitivity"](y, p, 0.75) == pytest.approx(0.4)
     assert nb["threshold_for_sensitivity"](y, p, 1.0) == pytest.approx(0.3)
-    assert nb["sensitivity_specificity"](y, p, 0.4) == (0.75, 0.75)
+    found = nb["headline_metrics"](y, p, 0.4)
+    assert (found["sensitivity"], found["specificity"], found["accuracy"]) == (0.75, 0.75, 0.75)
 
 
 def test_grouped_split_never_cuts_a_group_and_follows_the_fractions(nb):
@@ -85,7 +96,31 @@ def test_grouped_split_never_cuts_a_group_and_follows_the_fractions(nb):
     assert split.equals(nb["grouped_split"](frame, [0.7, 0.15, 0.15], seed=0))
 
 
-def test_prediction_input_equals_what_the_training_generator_feeds(nb, tmp_path):
+def test_fold_assignment_keeps_groups_whole_stratified_seeded_and_repeatable(nb, monkeypatch):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(200), rng.integers(1, 6, 200))
+    frame = pd.DataFrame({"group": groups, "label": np.where(groups % 3 == 0, "fractured", "not_fractured")})
+    fold = nb["grouped_folds"](frame, 5, seed=3)
+    frame["fold"] = fold
+    assert set(fold) == {1, 2, 3, 4, 5}
+    assert (frame.groupby("group")["fold"].nunique() == 1).all()  # whole groups
+    shares = frame.groupby("fold")["label"].apply(lambda labels: (labels == "fractured").mean())
+    assert shares.max() - shares.min() < 0.1  # stratified by class
+    assert (fold == nb["grouped_folds"](frame, 5, seed=3)).all()  # repeatable
+    assert not (fold == nb["grouped_folds"](frame, 5, seed=4)).all()  # seeded
+    monkeypatch.setitem(nb, "FOLDS", 5)
+    for k in range(1, 6):
+        parts = nb["fold_parts"](frame, k, seed=3)
+        assert (parts["test"]["fold"] == k).all()
+        assert sum(len(part) for part in parts.values()) == len(frame)
+        sides = [set(part["group"]) for part in parts.values()]
+        assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])  # no group on two sides
+        assert 0.15 < len(parts["val"]) / len(frame) < 0.25
+
+
+def test_prediction_input_equals_what_the_training_batches_feed(nb, tmp_path):
     import pandas as pd
 
     rng = np.random.default_rng(2)
@@ -93,17 +128,13 @@ def test_prediction_input_equals_what_the_training_generator_feeds(nb, tmp_path)
     path = write_image(tmp_path / "scan16.png", array)
     record = nb["inspect_image"](path)
     frame = pd.DataFrame({"cache": [record["cache"]], "label": ["fractured"]})
-    fed = nb["make_batches"](frame, nb["rescaling"], shuffle=False, batch_size=1)[0][0][0]
+    fed = nb["XrayBatches"](frame, batch_size=1)[0][0][0]
     assert fed.shape == (64, 64, 1)
     np.testing.assert_allclose(nb["model_input"](path), fed, atol=1e-6)
 
 
-def test_training_batches_do_not_depend_on_which_thread_builds_them(nb, tmp_path):
-    """Augmented batches built by 8 threads at once equal the same batches built one by one, every time.
-
-    Keras's iterator reseeds NumPy's global generator per batch; if the notebook let it, threads would
-    interleave reseeds and draws and this comparison would fail in most trials.
-    """
+def test_training_batches_do_not_depend_on_which_thread_builds_them(nb, tmp_path, monkeypatch):
+    """Augmented batches built by 8 threads at once equal the same batches built one by one, every time."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pandas as pd
@@ -111,9 +142,10 @@ def test_training_batches_do_not_depend_on_which_thread_builds_them(nb, tmp_path
     rng = np.random.default_rng(3)
     paths = [write_image(tmp_path / f"x{i}.png", rng.integers(0, 255, (40, 40), dtype=np.uint8)) for i in range(64)]
     frame = pd.DataFrame({"cache": paths, "label": ["fractured", "not_fractured"] * 32})
+    monkeypatch.setitem(nb, "WORKERS", 8)
 
     def training_batches():
-        return nb["ShuffledBatches"](nb["make_batches"](frame, nb["augmenting"], False, 2), workers=8)
+        return nb["XrayBatches"](frame, 2, augment=True)
 
     one_by_one = training_batches()
     expected = [one_by_one[i][0] for i in range(len(one_by_one))]
@@ -138,13 +170,14 @@ def test_benchmark_script_runs_and_reports_every_figure(tmp_path):
     out = tmp_path / "benchmark.json"
     script = Path(__file__).with_name("benchmark.py")
     result = subprocess.run([sys.executable, str(script), "--images", "8", "--repeats", "1", "--train-batches", "1",
-                             "--img-size", "32", "--batch-size", "4", "--out", str(out)],
+                             "--img-size", "32", "--batch-size", "4", "--audit-images", "300", "--out", str(out)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
     for key in ["integrity_img_per_s", "pipeline_img_per_s", "model_train_img_per_s", "inference_img_per_s",
-                "reference_train_img_per_s", "fit_img_per_s"]:
+                "reference_train_img_per_s", "fit_img_per_s", "audit_total_seconds"]:
         assert figures[key] > 0, key
+    assert figures["audit_groups"] == figures["audit_planted_groups"]  # every rotated copy found, nothing merged
     assert figures["machine"]["cores"] >= 1 and figures["machine"]["tensorflow"].startswith("2.21")
     assert "integrity_img_per_s" in result.stdout  # the printed table
 

@@ -31,19 +31,21 @@ def test_formats_and_modes_are_recorded(index):
     assert index.at["train/not_fractured/large.jpg", "width"] == 3000
 
 
-def generator_batch(cache_path):
-    """Load one cached image the way the notebook's generators do."""
-    import tensorflow as tf
+@pytest.fixture(scope="module")
+def nb(tmp_path_factory):
+    from nbhelpers import notebook_namespace
 
+    return notebook_namespace(64, tmp_path_factory.mktemp("inputs"))
+
+
+def generator_batch(nb, cache_path):
+    """Load one cached image through the notebook's own batches, as training and evaluation read it."""
     frame = pd.DataFrame({"cache": [cache_path], "label": ["fractured"]})
-    batches = tf.keras.preprocessing.image.ImageDataGenerator(rescale=1 / 255).flow_from_dataframe(
-        frame, x_col="cache", y_col="label", classes=["fractured", "not_fractured"], target_size=(64, 64),
-        color_mode="grayscale", batch_size=1, shuffle=False, validate_filenames=False)
-    return batches[0][0][0, ..., 0]
+    return nb["XrayBatches"](frame, batch_size=1)[0][0][0, ..., 0]
 
 
-def test_sixteen_bit_image_reaches_the_generator_with_its_contrast(index):
-    pixels = generator_batch(index.at["train/fractured/sixteen_bit.png", "cache"])
+def test_sixteen_bit_image_reaches_the_generator_with_its_contrast(nb, index):
+    pixels = generator_batch(nb, index.at["train/fractured/sixteen_bit.png", "cache"])
     assert pixels.max() > 0.7 and pixels.min() < 0.3  # stretched over the 8-bit range
     assert 0.1 < pixels.mean() < 0.8 and pixels.std() > 0.08  # neither clipped to white nor crushed to black
 
@@ -57,6 +59,6 @@ def test_exif_rotated_image_is_trained_upright(index, fixture):
     assert match_upright > 0.9 > match_stored
 
 
-def test_alpha_image_is_composited_not_blanked(index):
-    pixels = generator_batch(index.at["test/fractured/rgba.png", "cache"])
+def test_alpha_image_is_composited_not_blanked(nb, index):
+    pixels = generator_batch(nb, index.at["test/fractured/rgba.png", "cache"])
     assert pixels.std() > 0.05

@@ -6,11 +6,13 @@ import shutil
 import subprocess
 import time
 
+import nbformat
 import pandas as pd
 import papermill
 import pytest
 from conftest import FIXTURE_BEFORE, NOTEBOOK, ROOT, WORK, execute_notebook
 from fixture_data import build_fixture, snapshot
+from nbhelpers import environment
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +35,10 @@ def test_published_mode_reports_the_planted_leak_next_to_the_metrics(published_r
         assert metrics["audit"]["split_leaked_share"][split] == pytest.approx(expected, abs=1e-4)
     executed = (WORK / "published.ipynb").read_text()
     assert f"{fixture.leaked_share('test'):.0%} of test" in executed and "[published split:" in executed
-    index = pd.read_csv(published_run / "index.csv")
-    used = index[index["split"] != "excluded"]
-    assert (used["split"] == used["original_split"]).all()
+    index = pd.read_csv(published_run / "index.csv").set_index("path")
+    folds = pd.read_csv(published_run / "folds.csv")
+    assert set(folds["fold"]) == {1}
+    assert (folds["part"] == index.loc[folds["path"], "original_split"].to_numpy()).all()
 
 
 def test_prediction_section_classifies_exactly_the_given_images(published_run, fixture):
@@ -48,7 +51,7 @@ def test_prediction_section_classifies_exactly_the_given_images(published_run, f
     assert len(readable) == len(expected) - 1
     assert readable["p_fractured"].astype(float).between(0, 1).all()
     assert set(readable["decision"]) <= {"fractured", "not_fractured"}
-    assert "UnidentifiedImageError" in predictions.set_index("path").at[expected[-1], "error"]
+    assert predictions.set_index("path").at[expected[-1], "error"].startswith("not an image")
 
 
 def test_model_card_figures_equal_metrics_json(published_run):
@@ -72,12 +75,15 @@ def test_same_data_and_seed_give_the_same_split_training_and_metrics(notebook_ru
     again = tmp_path / "again"
     _, error = execute_notebook({"BONE_FRACTURE_OUTPUT_DIR": str(again)})
     assert error is None, error
-    columns = ["path", "label", "split", "group", "note", "sha1"]
+    columns = ["path", "label", "fold", "group", "note", "sha1"]
     pd.testing.assert_frame_equal(pd.read_csv(notebook_run / "index.csv")[columns],
                                   pd.read_csv(again / "index.csv")[columns])
-    pd.testing.assert_frame_equal(pd.read_csv(notebook_run / "history.csv"), pd.read_csv(again / "history.csv"))
+    assert (notebook_run / "folds.csv").read_text() == (again / "folds.csv").read_text()
+    pd.testing.assert_frame_equal(*(pd.read_csv(run / "history.csv").drop(columns="seconds")
+                                    for run in (notebook_run, again)))
     first, second = (json.loads((run / "metrics.json").read_text()) for run in (notebook_run, again))
     assert first["test"] == second["test"]
+    assert first["cv"] == second["cv"]
     assert first["audit"] == second["audit"]
     assert (notebook_run / "leakage_report.csv").read_text() == (again / "leakage_report.csv").read_text()
 
@@ -98,7 +104,9 @@ def test_readme_run_command_executes_the_notebook_into_an_html_report(fixture, t
     html = (output / "bone_fracture_classifier.html").read_text()
     assert html.count("data:image/png;base64") >= 10  # self-contained: every figure embedded
     assert "Model card" in html and "Traceback" not in html
-    assert json.loads((output / "metrics.json").read_text())["training"]["epochs_run"] == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    folds = json.loads((output / "metrics.json").read_text())["training"]["folds"]
+    assert [fold["epochs_run"] for fold in folds] == [1, 1]
 
 
 def test_readme_test_command_is_what_ci_runs():
@@ -156,8 +164,121 @@ def test_missing_class_folder_and_extra_class_folder_are_named(tmp_path):
     assert str(data / "test/not_fractured") in message
 
 
-def test_invalid_parameter_values_are_named(tmp_path):
-    _, error = execute_notebook({"BONE_FRACTURE_EPOCHS": "ten", "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o")})
-    assert error == "ValueError: BONE_FRACTURE_EPOCHS='ten' is not a valid int"
-    message = failing_run({"BONE_FRACTURE_SPLIT": "random", "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o")})
-    assert "'random'" in message and "'grouped' or 'published'" in message
+def settings_outcome(name, value):
+    """Run the notebook's parameters cell and the check after it with one variable set; return (namespace, error)."""
+    cells = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"][:2]
+    namespace = {}
+    with environment({f"BONE_FRACTURE_{name}": value}):
+        try:
+            for cell in cells:
+                exec(compile(cell.source, "<cell>", "exec"), namespace)
+        except Exception as error:  # the error the notebook would show
+            return namespace, error
+    return namespace, None
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("EPOCHS", "0"), ("EPOCHS", "ten"), ("BATCH_SIZE", "0"), ("IMG_SIZE", "8"), ("SEED", "-1"), ("FOLDS", "0"),
+    ("TARGET_SENSITIVITY", "1.5"), ("NEAR_DUP_SIMILARITY", "2"), ("LEARNING_RATE", "-1"), ("BOOTSTRAP", "0"),
+    ("DEDUPLICATE", "ture"), ("SPLIT", "random"), ("SPLIT_FRACTIONS", "0.7,0.3"), ("MAX_MEGAPIXELS", "big"),
+])
+def test_each_invalid_parameter_is_refused_naming_variable_value_and_what_is_allowed(name, value):
+    _, error = settings_outcome(name, value)
+    assert type(error).__name__ == "DataError", error
+    assert str(error).startswith(f"BONE_FRACTURE_{name}={value!r} is not valid: expected ")
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("DEDUPLICATE", "off", False), ("CLASS_WEIGHTS", "Yes", True), ("EPOCHS", " 3 ", 3), ("FOLDS", "1", 1),
+    ("TARGET_SENSITIVITY", "0.9", 0.9), ("SPLIT_FRACTIONS", "0.6,0.2,0.2", [0.6, 0.2, 0.2]),
+])
+def test_documented_values_are_accepted(name, value, expected):
+    namespace, error = settings_outcome(name, value)
+    assert error is None and namespace[name] == expected
+
+
+def test_an_invalid_value_stops_the_notebook_at_once_with_one_line(tmp_path):
+    started = time.monotonic()
+    message = failing_run({"BONE_FRACTURE_EPOCHS": "ten", "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o")})
+    assert time.monotonic() - started < 60
+    assert "BONE_FRACTURE_EPOCHS='ten' is not valid" in message
+    assert not (tmp_path / "o").exists()  # stopped before anything was written
+
+
+def test_an_output_folder_that_is_a_file_gets_one_clear_message(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    message = failing_run({"BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "taken")})
+    assert "BONE_FRACTURE_OUTPUT_DIR" in message and "cannot be used as the output folder" in message
+
+
+def test_a_dataset_of_one_image_copied_everywhere_names_the_real_cause(tmp_path):
+    data = tmp_path / "data"
+    image = next(p for p in sorted(build_fixture(tmp_path / "src", False).root.rglob("*.png")))
+    for split in ("train", "val", "test"):
+        for label in ("fractured", "not_fractured"):
+            for i in range(3):
+                (data / split / label).mkdir(parents=True, exist_ok=True)
+                shutil.copy(image, data / split / label / f"{i}.png")
+    message = failing_run({"BONE_FRACTURE_DATA_DIR": str(data), "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o")})
+    assert "Too little data" in message and "label-conflict" in message and "18 fall into" in message
+
+
+@pytest.fixture(scope="module")
+def single_split_runs(tmp_path_factory):
+    """FOLDS=1, with the output folder inside a class folder, a stale result in it, and bad PREDICT entries.
+
+    Run twice: the second run must not count the first run's files as images.
+    """
+    work = tmp_path_factory.mktemp("single")
+    data = build_fixture(work / "data", with_odd_forms=False).root
+    output = data / "train/fractured/results"
+    output.mkdir()
+    (output / "predictions.png").write_bytes(b"a figure from an earlier run")
+    (output / "my_notes.txt").write_text("the user's own file")
+    fifo, broken = work / "pipe.png", work / "broken.png"
+    os.mkfifo(fifo)
+    png = (data / "train/fractured/f_000.png").read_bytes()
+    broken.write_bytes(png[:40] + b"\x00" * 16 + png[56:])  # a chunk with a broken CRC
+    env = {"BONE_FRACTURE_DATA_DIR": str(data), "BONE_FRACTURE_OUTPUT_DIR": str(output), "BONE_FRACTURE_FOLDS": "1",
+           "BONE_FRACTURE_PREDICT": f"{fifo},{broken},{work / 'missing.png'}"}
+    runs = []
+    for _ in range(2):
+        _, error = execute_notebook(env, timeout=600)
+        assert error is None, error
+        runs.append({"metrics": json.loads((output / "metrics.json").read_text()),
+                     "predictions": pd.read_csv(output / "predictions.csv", keep_default_na=False),
+                     "written": sorted(p.name for p in output.iterdir())})
+    return runs, output
+
+
+def test_single_split_tests_only_its_test_part(single_split_runs):
+    runs, output = single_split_runs
+    folds = pd.read_csv(output / "folds.csv")
+    assert set(folds["fold"]) == {1} and set(folds["part"]) == {"train", "val", "test"}
+    assert (folds.groupby("group")["part"].nunique() == 1).all()
+    predictions = pd.read_csv(output / "test_predictions.csv")
+    assert sorted(predictions["path"]) == sorted(folds.loc[folds["part"] == "test", "path"])
+    assert runs[0]["metrics"]["parameters"]["folds"] == 1
+
+
+def test_output_folder_inside_the_data_is_never_counted_as_data(single_split_runs):
+    runs, _ = single_split_runs
+    assert runs[0]["metrics"]["data"] == runs[1]["metrics"]["data"]
+    assert runs[0]["metrics"]["audit"] == runs[1]["metrics"]["audit"]
+
+
+def test_stale_results_are_removed_and_the_users_files_kept(single_split_runs):
+    runs, output = single_split_runs
+    for run in runs:
+        assert "predictions.png" not in run["written"]  # no readable PREDICT image: no figure, and no old one
+        assert "my_notes.txt" in run["written"]
+    assert (output / "my_notes.txt").read_text() == "the user's own file"
+
+
+def test_a_pipe_a_broken_png_and_a_missing_file_in_predict_are_listed_not_fatal(single_split_runs):
+    runs, _ = single_split_runs
+    errors = runs[0]["predictions"]["error"].tolist()
+    assert errors[0] == "not a regular file"
+    assert errors[1].startswith(("corrupt", "truncated", "not an image"))
+    assert errors[2] == "file not found"
+    assert (runs[0]["predictions"]["decision"] == "").all()

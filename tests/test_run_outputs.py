@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-FIGURES = ["class_distribution", "sample_images", "near_duplicate_distances", "duplicate_pairs",
+FIGURES = ["class_distribution", "sample_images", "near_duplicate_similarity", "duplicate_pairs",
            "augmentation_examples", "training_curves", "confusion_matrix", "roc_pr_calibration", "gradcam",
            "confident_mistakes", "predictions"]
 
@@ -36,13 +36,13 @@ def test_index_holds_every_good_image_once(notebook_run, fixture):
     assert set(index["split"]) <= {"train", "val", "test", "excluded"}
 
 
-def test_counts_match_the_index(notebook_run, metrics):
+def test_counts_match_the_index(notebook_run, metrics, fixture):
     index = pd.read_csv(notebook_run / "index.csv")
-    used = index[index["split"] != "excluded"]
-    for split, by_class in metrics["data"]["counts"].items():
-        for label, count in by_class.items():
-            assert count == ((used["split"] == split) & (used["label"] == label)).sum()
+    assert metrics["data"]["used"] == index["note"].isna().sum() == metrics["test"]["images"]
     assert metrics["data"]["excluded"] == 4
+    assert sum(metrics["data"]["left_out"].values()) == index["note"].notna().sum()
+    good = metrics["data"]["good_in_published_folders"]
+    assert sum(n for by_class in good.values() for n in by_class.values()) == len(index) == len(fixture.good)
 
 
 def test_confusion_matrix_and_accuracy_are_consistent(notebook_run, metrics):
@@ -51,22 +51,26 @@ def test_confusion_matrix_and_accuracy_are_consistent(notebook_run, metrics):
     confusion = np.array(test["confusion_matrix"])
     assert confusion.shape == (2, 2)
     assert test["class_order"] == ["fractured", "not_fractured"]
-    assert confusion.sum() == (index["split"] == "test").sum() == test["images"]
+    assert confusion.sum() == index["note"].isna().sum() == test["images"]
     assert test["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
-    # Rows are the true class: they add up to the test images of each class.
-    test_rows = index[index["split"] == "test"]
+    # Rows are the true class: they add up to the images of each class (each predicted out of fold once).
+    test_rows = index[index["note"].isna()]
     assert confusion.sum(axis=1).tolist() == [(test_rows["label"] == c).sum() for c in test["class_order"]]
     report = test["classification_report"]
     assert {"fractured", "not_fractured", "accuracy", "macro avg"} <= set(report)
     assert report["accuracy"] == pytest.approx(test["accuracy"])
 
 
-def test_history_has_one_row_per_epoch(notebook_run, metrics):
+def test_history_has_one_row_per_fold_and_epoch(notebook_run, metrics):
     history = pd.read_csv(notebook_run / "history.csv")
-    assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"} <= set(history.columns)
-    assert len(history) == metrics["training"]["epochs_run"] >= 1
-    assert history["epoch"].tolist() == list(range(1, len(history) + 1))
-    assert metrics["training"]["best_epoch"] == int(history.loc[history["val_loss"].idxmin(), "epoch"])
+    assert list(history.columns[:2]) == ["fold", "epoch"]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"} <= set(history.columns)
+    folds = metrics["training"]["folds"]
+    assert [f["fold"] for f in folds] == sorted(history["fold"].unique()) == [1, 2]
+    for summary in folds:
+        run = history[history["fold"] == summary["fold"]]
+        assert run["epoch"].tolist() == list(range(1, summary["epochs_run"] + 1))
+        assert summary["best_epoch"] == int(run.loc[run["val_loss"].idxmin(), "epoch"])
 
 
 @pytest.mark.parametrize("name", FIGURES)
@@ -79,14 +83,23 @@ def test_figures_are_saved_as_non_empty_pngs(notebook_run, name):
         assert np.asarray(image.convert("L")).std() > 5  # not blank
 
 
-def test_saved_model_loads_and_predicts_two_class_probabilities(notebook_run):
+def test_saved_model_is_the_average_of_the_fold_models_and_reproduces_the_predictions(notebook_run):
     import keras
 
     model = keras.models.load_model(notebook_run / "model.keras")
+    members = [layer for layer in model.layers if isinstance(layer, keras.Sequential)]
+    assert len(members) == 2
     batch = np.random.default_rng(0).random((3, 64, 64, 1), dtype=np.float32)
     predictions = np.asarray(model(batch, training=False))
     assert predictions.shape == (3, 2)
     assert np.allclose(predictions.sum(axis=1), 1, atol=1e-5)
+    mean = np.mean([np.asarray(member(batch, training=False)) for member in members], axis=0)
+    np.testing.assert_allclose(predictions, mean, atol=1e-6)
+    saved = pd.read_csv(notebook_run / "predictions.csv", keep_default_na=False)  # the notebook's own calls
+    index = pd.read_csv(notebook_run / "index.csv").set_index("path")
+    pixels = np.stack([np.asarray(Image.open(index.at[path, "cache"]), np.float32)[..., None] / 255
+                       for path in saved["path"]])
+    np.testing.assert_allclose(np.asarray(model(pixels, training=False))[:, 0], saved["p_fractured"], atol=1e-5)
 
 
 def test_metrics_json_has_the_documented_keys(metrics):
@@ -94,8 +107,10 @@ def test_metrics_json_has_the_documented_keys(metrics):
     for key in ["accuracy", "confusion_matrix", "classification_report", "roc_auc", "average_precision",
                 "sensitivity", "specificity", "threshold", "brier", "ci95"]:
         assert key in metrics["test"], key
-    for key in ["files", "distinct", "groups", "published_leaked_share", "label_conflicts", "metadata_auc"]:
+    for key in ["good", "distinct", "groups", "candidate_pairs", "published_leaked_share", "label_conflicts",
+                "metadata_auc"]:
         assert key in metrics["audit"], key
+    assert set(metrics["cv"]) == {"folds", "mean", "std"}
     json.dumps(metrics)  # round-trips
 
 
