@@ -32,7 +32,7 @@ def test_published_mode_reports_the_planted_leak_next_to_the_metrics(published_r
     for split in ("val", "test"):
         expected = fixture.leaked_share(split)
         assert metrics["audit"]["published_leaked_share"][split] == pytest.approx(expected, abs=1e-4)
-        assert metrics["audit"]["split_leaked_share"][split] == pytest.approx(expected, abs=1e-4)
+        assert metrics["audit"]["split_leaked_share"][0][split] == pytest.approx(expected, abs=1e-4)
     executed = (WORK / "published.ipynb").read_text()
     assert f"{fixture.leaked_share('test'):.0%} of test" in executed and "[published split:" in executed
     index = pd.read_csv(published_run / "index.csv").set_index("path")
@@ -109,6 +109,16 @@ def test_readme_run_command_executes_the_notebook_into_an_html_report(fixture, t
     assert [fold["epochs_run"] for fold in folds] == [1, 1]
 
 
+def test_readme_run_command_ends_a_failed_run_with_the_one_message(tmp_path):
+    env = {**os.environ, "BONE_FRACTURE_SEED": "-1", "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o")}
+    result = subprocess.run(["bash", "-c", readme_command("run-command")], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1] == "DataError: BONE_FRACTURE_SEED='-1' is not valid: expected a whole number from 0 to 4294967295."
+    assert len(lines) <= 3 and "Traceback" not in result.stderr
+
+
 def test_readme_test_command_is_what_ci_runs():
     command = readme_command("test-command")
     assert command.endswith("python -m pytest")
@@ -165,8 +175,8 @@ def test_missing_class_folder_and_extra_class_folder_are_named(tmp_path):
 
 
 def settings_outcome(name, value):
-    """Run the notebook's parameters cell and the check after it with one variable set; return (namespace, error)."""
-    cells = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"][:2]
+    """Run the notebook's parameters cell and the checks after it with one variable set; return (namespace, error)."""
+    cells = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"][:3]
     namespace = {}
     with environment({f"BONE_FRACTURE_{name}": value}):
         try:

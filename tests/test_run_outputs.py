@@ -30,10 +30,11 @@ def test_hidden_files_are_skipped_not_indexed(notebook_run, fixture):
 
 def test_index_holds_every_good_image_once(notebook_run, fixture):
     index = pd.read_csv(notebook_run / "index.csv")
-    assert {"path", "label", "original_split", "split", "group"} <= set(index.columns)
+    assert {"path", "label", "original_split", "fold", "group", "note"} <= set(index.columns)
     indexed = {path.removeprefix(f"{fixture.root}/"): label for path, label in zip(index["path"], index["label"])}
     assert indexed == fixture.good
-    assert set(index["split"]) <= {"train", "val", "test", "excluded"}
+    assert set(index["fold"]) <= {0, 1, 2}
+    assert (index["note"].isna() == (index["fold"] > 0)).all()  # left-out images are in no fold
 
 
 def test_counts_match_the_index(notebook_run, metrics, fixture):
