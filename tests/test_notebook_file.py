@@ -69,6 +69,9 @@ def test_code_cells_are_short():
     long_cells = {i: len(c.source.splitlines()) for i, c in enumerate(load().cells)
                   if c.cell_type == "code" and len(c.source.splitlines()) > 40}
     assert long_cells == {}, "split these cells or move logic into small functions"
+    code = [c.source for c in load().cells if c.cell_type == "code"]
+    sizes = sorted(sum(1 for line in source.splitlines() if line.strip()) for source in code)
+    assert sizes[len(sizes) // 2] <= 15, "the typical code cell should stay short enough to read at a glance"
 
 
 def test_helpers_are_defined_once_with_docstrings():
