@@ -199,3 +199,24 @@ def test_a_successful_download_is_found_inside_the_kaggle_archive(nb, tmp_path, 
     assert calls == ["bmadushanirodrigo/fracture-multi-region-x-ray-data"]
     assert nb["find_split_root"](tmp_path / "kagglehub" / "datasets") == root
     assert nb["find_split_root"](tmp_path / "kagglehub" / "datasets" / "x" / "nothing") is None
+
+
+def test_a_pretrained_backbone_is_built_from_a_local_weights_file_and_its_ensemble_reloads(tmp_path):
+    """BACKBONE with BACKBONE_WEIGHTS=<file>: the weights are read from the file (no download), Grad-CAM finds the
+    backbone's feature maps, and the averaged model saves and loads with keras alone."""
+    import keras
+
+    weights = tmp_path / "efficientnetb0_notop.weights.h5"
+    source = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(64, 64, 3))
+    source.save_weights(weights)
+    nb = notebook_namespace(64, tmp_path / "out", BACKBONE="EfficientNetB0", BACKBONE_WEIGHTS=str(weights))
+    models = [nb["build_model"](64, name=f"fold_{k}") for k in (1, 2)]
+    for model in models:
+        for got, want in zip(model.get_layer("last_conv").get_weights(), source.get_weights()):
+            np.testing.assert_array_equal(got, want)
+    pixels = np.random.default_rng(0).random((64, 64, 1), dtype=np.float32)
+    assert nb["grad_cam"](models[0], pixels).shape == (2, 2)
+    nb["average_models"](models).save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras")
+    expected = np.mean([np.asarray(m(pixels[None], training=False)) for m in models], axis=0)
+    np.testing.assert_allclose(np.asarray(reloaded(pixels[None], training=False)), expected, atol=1e-5)
