@@ -103,6 +103,22 @@ def test_saved_model_is_the_average_of_the_fold_models_and_reproduces_the_predic
     np.testing.assert_allclose(np.asarray(model(pixels, training=False))[:, 0], saved["p_fractured"], atol=1e-5)
 
 
+def test_per_radiograph_metrics_count_each_duplicate_group_once(notebook_run, metrics):
+    from sklearn.metrics import roc_auc_score
+
+    oof = pd.read_csv(notebook_run / "test_predictions.csv")
+    by_group = oof.groupby("group").agg(label=("label", "first"), p=("p_fractured", "mean"))
+    assert (oof.groupby("group")["label"].nunique() == 1).all()  # label conflicts were left out
+    assert len(by_group) < len(oof)  # the fixture's rotated family makes the two figures differ
+    per_radiograph = metrics["test"]["per_radiograph"]
+    expected = roc_auc_score(by_group["label"] == "fractured", by_group["p"])
+    assert per_radiograph["roc_auc"] == pytest.approx(expected)
+    called = by_group["p"] >= metrics["test"]["threshold"]
+    fractured = by_group["label"] == "fractured"
+    assert per_radiograph["sensitivity"] == pytest.approx(called[fractured].mean())
+    assert per_radiograph["specificity"] == pytest.approx(1 - called[~fractured].mean())
+
+
 def test_metrics_json_has_the_documented_keys(metrics):
     assert metrics["split"] == "grouped"
     for key in ["accuracy", "confusion_matrix", "classification_report", "roc_auc", "average_precision",
