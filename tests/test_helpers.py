@@ -50,6 +50,20 @@ def test_good_image_is_hashed_signed_and_cached_at_model_size(nb, tmp_path):
     assert Image.open(record["cache"]).size == (64, 64)
 
 
+@pytest.mark.parametrize("size", [(120, 60), (30, 90), (64, 64), (300, 299)])
+def test_the_model_input_keeps_the_aspect_ratio_and_the_content_box_locates_the_image(nb, size):
+    image = Image.new("L", size, 200)  # a bright image: the model input is bright exactly where it lies
+    square = np.asarray(nb["to_model_size"](image))
+    assert square.shape == (64, 64)
+    left, top, right, bottom = nb["content_box"](size)
+    assert (square[top:bottom, left:right] == 200).all()
+    padding = np.ones_like(square, bool)
+    padding[top:bottom, left:right] = False
+    assert (square[padding] == 0).all()  # the rest is black padding
+    assert (right - left) / (bottom - top) == pytest.approx(size[0] / size[1], rel=0.05)
+    assert max(right - left, bottom - top) == 64
+
+
 def test_same_pixels_in_another_format_hash_alike_and_a_quarter_turn_is_a_near_copy(nb, tmp_path):
     array = np.random.default_rng(1).integers(0, 255, (80, 100), dtype=np.uint8)
     png = nb["inspect_image"](write_image(tmp_path / "a.png", array))

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 ODD_GOOD = ["train/fractured/sixteen_bit.png", "train/not_fractured/cmyk.jpg", "train/fractured/exif_rotated.jpg",
             "test/not_fractured/UPPER_CASE.JPG", "val/fractured/UPPER_CASE.PNG", "val/not_fractured/palette.png",
@@ -52,8 +52,11 @@ def test_sixteen_bit_image_reaches_the_generator_with_its_contrast(nb, index):
 
 def test_exif_rotated_image_is_trained_upright(index, fixture):
     cached = np.asarray(Image.open(index.at["train/fractured/exif_rotated.jpg", "cache"]), dtype=float)
-    upright = np.asarray(Image.fromarray(fixture.exif_upright).resize((64, 64)), dtype=float)
-    stored = np.asarray(Image.fromarray(np.rot90(fixture.exif_upright).copy()).resize((64, 64)), dtype=float)
+    def model_input(pixels):  # the notebook's resize: aspect ratio kept, padded with black
+        return np.asarray(ImageOps.pad(Image.fromarray(pixels), (64, 64), Image.Resampling.BILINEAR, color=0), float)
+
+    upright = model_input(fixture.exif_upright)
+    stored = model_input(np.rot90(fixture.exif_upright).copy())
     match_upright = np.corrcoef(cached.ravel(), upright.ravel())[0, 1]
     match_stored = np.corrcoef(cached.ravel(), stored.ravel())[0, 1]
     assert match_upright > 0.9 > match_stored

@@ -117,6 +117,8 @@ def test_per_radiograph_metrics_count_each_duplicate_group_once(notebook_run, me
     fractured = by_group["label"] == "fractured"
     assert per_radiograph["sensitivity"] == pytest.approx(called[fractured].mean())
     assert per_radiograph["specificity"] == pytest.approx(1 - called[~fractured].mean())
+    low, high = per_radiograph["ci95"]["roc_auc"]
+    assert low <= per_radiograph["roc_auc"] <= high
 
 
 def test_metrics_json_has_the_documented_keys(metrics):
