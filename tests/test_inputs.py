@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image
 
 ODD_GOOD = ["train/fractured/sixteen_bit.png", "train/not_fractured/cmyk.jpg", "train/fractured/exif_rotated.jpg",
             "test/not_fractured/UPPER_CASE.JPG", "val/fractured/UPPER_CASE.PNG", "val/not_fractured/palette.png",
@@ -50,10 +50,11 @@ def test_sixteen_bit_image_reaches_the_generator_with_its_contrast(nb, index):
     assert 0.1 < pixels.mean() < 0.8 and pixels.std() > 0.08  # neither clipped to white nor crushed to black
 
 
-def test_exif_rotated_image_is_trained_upright(index, fixture):
+def test_exif_rotated_image_is_trained_upright(nb, index, fixture):
     cached = np.asarray(Image.open(index.at["train/fractured/exif_rotated.jpg", "cache"]), dtype=float)
-    def model_input(pixels):  # the notebook's resize: aspect ratio kept, padded with black
-        return np.asarray(ImageOps.pad(Image.fromarray(pixels), (64, 64), Image.Resampling.BILINEAR, color=0), float)
+
+    def model_input(pixels):  # through the notebook's own resize
+        return np.asarray(nb["to_model_size"](Image.fromarray(pixels)), float)
 
     upright = model_input(fixture.exif_upright)
     stored = model_input(np.rot90(fixture.exif_upright).copy())
