@@ -166,7 +166,7 @@ def main() -> None:
                 model.train_on_batch(x, y)
         return args.train_batches * args.batch_size / timed(run, args.repeats)
 
-    model = ns["build_model"](args.img_size, ns["LEARNING_RATE"])
+    model = ns["compiled"](ns["build_model"](args.img_size), steps_per_epoch=max(1, args.train_batches))
     reference = reference_model(args.img_size)
     result["model_parameters"] = int(model.count_params())
     result["reference_parameters"] = int(reference.count_params())
@@ -206,7 +206,7 @@ def compare_accuracy(ns: dict, frame, args) -> dict:
     shuffled = frame.sample(frac=1, random_state=0).reset_index(drop=True)
     cut = int(len(shuffled) * 0.75)
     outcome = {}
-    for name, build in [("model", lambda: ns["build_model"](args.img_size, ns["LEARNING_RATE"])),
+    for name, build in [("model", lambda: ns["compiled"](ns["build_model"](args.img_size), len(frame) // 4)),
                         ("reference", lambda: reference_model(args.img_size))]:
         keras.utils.set_random_seed(0)
         train = ns["XrayBatches"](shuffled[:cut], args.batch_size, augment=True)

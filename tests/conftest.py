@@ -24,14 +24,14 @@ from nbhelpers import environment
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "bone_fracture_classifier.ipynb"
 WORK = Path(tempfile.mkdtemp(prefix="bone-fracture-tests-"))
-FIXTURE = build_fixture(WORK / "data")
-FIXTURE_BEFORE = snapshot(FIXTURE.root)
+FIXTURE = build_fixture(WORK / "data", layout="archive")  # as the Kaggle archive unzips: nested, "not fractured"
+FIXTURE_BEFORE = snapshot(FIXTURE.folder)
 OUTPUT = WORK / "output"
 
 # Small and fast: 2 folds, 2 epochs at 64x64 px.
 RUN_ENV = {
     "BONE_FRACTURE_FOLDS": "2",
-    "BONE_FRACTURE_DATA_DIR": str(FIXTURE.root),
+    "BONE_FRACTURE_DATA_DIR": str(FIXTURE.folder),  # the unzip folder: the notebook finds the splits below it
     "BONE_FRACTURE_OUTPUT_DIR": str(OUTPUT),
     "BONE_FRACTURE_EPOCHS": "2",
     "BONE_FRACTURE_IMG_SIZE": "64",
@@ -56,16 +56,17 @@ def pytest_report_header(config):
     return f"bone-fracture fixture: {FIXTURE.root} ({len(FIXTURE.good)} good images); output: {OUTPUT}"
 
 
-def execute_notebook(env: dict[str, str], timeout: int = 900) -> tuple[nbformat.NotebookNode, str | None]:
-    """Run the notebook headless with extra environment variables.
+def execute_notebook(env: dict[str, str | None], timeout: int = 900, cwd: Path = ROOT,
+                     notebook: nbformat.NotebookNode | None = None) -> tuple[nbformat.NotebookNode, str | None]:
+    """Run the notebook (or a variant of it) headless in `cwd` with extra environment variables (None unsets one).
 
     Returns the executed notebook and the error name and message of the failing cell (or None).
     """
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    notebook = notebook or nbformat.read(NOTEBOOK, as_version=4)
     try:
         with environment(env):  # the kernel inherits this process's environment
             NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                           resources={"metadata": {"path": str(ROOT)}}).execute()
+                           resources={"metadata": {"path": str(cwd)}}).execute()
         error = None
     except CellExecutionError as failure:
         error = f"{failure.ename}: {failure.evalue}"

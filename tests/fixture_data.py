@@ -1,7 +1,9 @@
 """Build the tiny, deterministic fixture dataset the tests run the notebook on.
 
-The fixture is laid out like the Kaggle set
-(``<root>/{train,val,test}/{fractured,not_fractured}/``) and is generated at
+The fixture is laid out like the Kaggle archive as it unzips
+(``<folder>/Bone_Fracture_Binary_Classification/Bone_Fracture_Binary_Classification/{train,val,test}/
+{fractured,not fractured}/``: nested twice, a space in the negative class's folder), or like the renamed
+copies some guides use (``<folder>/{train,val,test}/{fractured,not_fractured}/``), and is generated at
 test time from a fixed seed, so nothing binary is committed. It holds:
 
 * synthetic X-ray-like radiographs (a bright bone on soft tissue; the
@@ -37,13 +39,18 @@ SPLITS = ("train", "val", "test")
 CLASSES = ("fractured", "not_fractured")
 BASE_COUNTS = {"train": 16, "val": 6, "test": 6}
 SEED = 1234
+ARCHIVE = "Bone_Fracture_Binary_Classification/Bone_Fracture_Binary_Classification"  # as the Kaggle archive unzips
+NEGATIVE = {"archive": "not fractured", "renamed": "not_fractured"}  # the negative class's folder in each layout
 
 
 @dataclass
 class Fixture:
-    """What ``build_fixture`` wrote, as paths relative to the fixture root."""
+    """What ``build_fixture`` wrote. Paths are keys relative to the split root, with the negative class's folder
+    spelled ``not_fractured`` whatever its name on disk (``key`` maps a path on disk to its key)."""
 
-    root: Path
+    folder: Path  # what BONE_FRACTURE_DATA_DIR points at: the unzipped archive's folder
+    root: Path  # the folder holding train/ val/ test/
+    negative: str = "not_fractured"  # the negative class's folder name on disk
     bad: dict[str, str] = field(default_factory=dict)  # path -> kind of defect
     skipped: list[str] = field(default_factory=list)  # hidden / system files
     good: dict[str, str] = field(default_factory=dict)  # path -> label
@@ -54,6 +61,16 @@ class Fixture:
     sixteen_bit: str = ""
     exif_rotated: str = ""
     exif_upright: np.ndarray | None = None
+
+    def disk(self, key: str) -> Path:
+        """Return the path on disk of a fixture key."""
+        split, label, *rest = key.split("/")
+        return self.root / split / (self.negative if label == "not_fractured" else label) / "/".join(rest)
+
+    def key(self, path) -> str:
+        """Return the fixture key of a path on disk (as the notebook reports it)."""
+        split, label, *rest = str(path).removeprefix(f"{self.root}/").split("/")
+        return "/".join([split, "not_fractured" if label == self.negative else label, *rest])
 
     def planted_groups(self) -> list[set[str]]:
         """Every planted set of copies of one radiograph: the duplicate pairs and the rotated families."""
@@ -118,18 +135,18 @@ def _jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def build_fixture(root: Path, with_odd_forms: bool = True) -> Fixture:
-    """Write the fixture dataset under ``root`` and describe it.
+def build_fixture(folder: Path, with_odd_forms: bool = True, layout: str = "renamed") -> Fixture:
+    """Write the fixture dataset under ``folder`` in the given layout ("archive" or "renamed") and describe it.
 
     ``with_odd_forms=False`` leaves out the odd-but-valid formats, for tests
     that need the plainest possible folder.
     """
     rng = np.random.default_rng(SEED)
-    root = Path(root)
-    fx = Fixture(root=root)
+    folder = Path(folder)
+    fx = Fixture(folder=folder, root=folder / ARCHIVE if layout == "archive" else folder, negative=NEGATIVE[layout])
 
     def write(rel: str, data: bytes, label: str | None) -> str:
-        path = root / rel
+        path = fx.disk(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         if label is not None:
@@ -165,7 +182,7 @@ def build_fixture(root: Path, with_odd_forms: bool = True) -> Fixture:
 
     # Planted duplicates of train images, one original each.
     original = "train/fractured/f_001.jpg"
-    copy = write("test/fractured/exact_copy.jpg", (root / original).read_bytes(), "fractured")
+    copy = write("test/fractured/exact_copy.jpg", fx.disk(original).read_bytes(), "fractured")
     fx.dup_pairs[frozenset((original, copy))] = "exact"
 
     original = "train/not_fractured/n_004.jpg"
@@ -198,11 +215,11 @@ def build_fixture(root: Path, with_odd_forms: bool = True) -> Fixture:
     fx.skipped.append(write("val/fractured/Thumbs.db", bytes(128), None))
 
     if with_odd_forms:
-        _add_odd_forms(root, rng, fx, write, encode, random_size)
+        _add_odd_forms(rng, fx, write, encode, random_size)
     return fx
 
 
-def _add_odd_forms(root, rng, fx, write, encode, random_size) -> None:
+def _add_odd_forms(rng, fx, write, encode, random_size) -> None:
     """Add the valid-but-unusual files real radiograph folders contain."""
     # 16-bit greyscale with a 12-bit range: naive conversion clips it to white.
     array = xray(rng, *random_size(), fractured=True).astype(np.uint16) * 16 + 1000
@@ -240,8 +257,7 @@ def _add_odd_forms(root, rng, fx, write, encode, random_size) -> None:
     write("train/fractured/nested/inner.jpg", encode(xray(rng, *random_size(), True), "JPEG", quality=90),
           "fractured")
 
-    link = root / "train/fractured/broken_link.jpg"
-    os.symlink(root / "train/fractured/does_not_exist.jpg", link)
+    os.symlink(fx.disk("train/fractured/does_not_exist.jpg"), fx.disk("train/fractured/broken_link.jpg"))
     fx.bad["train/fractured/broken_link.jpg"] = "broken symlink"
 
 

@@ -18,10 +18,14 @@ TAGS = {"parameters", "setup", "definitions"}
 
 
 @contextlib.contextmanager
-def environment(overrides: dict[str, str]):
-    """Set environment variables for the duration of a `with` block, then restore the caller's."""
+def environment(overrides: dict[str, str | None]):
+    """Set (or, with None, unset) environment variables for the duration of a `with` block, then restore them."""
     saved = {key: os.environ.get(key) for key in overrides}
-    os.environ.update(overrides)
+    for key, value in overrides.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     try:
         yield
     finally:
@@ -32,8 +36,10 @@ def environment(overrides: dict[str, str]):
                 os.environ[key] = value
 
 
-def notebook_namespace(img_size: int, output_dir: Path, **overrides: str) -> dict:
-    """Execute the notebook's parameters, setup and definitions cells in order; return their namespace."""
+def notebook_namespace(img_size: int, output_dir: Path, **overrides: str | None) -> dict:
+    """Execute the notebook's parameters, setup and definitions cells in order; return their namespace.
+
+    Each override sets (or, with None, unsets) BONE_FRACTURE_<name> while the cells run."""
     cells = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells
              if c.cell_type == "code" and TAGS & set(c.metadata.get("tags", []))]
     namespace: dict = {"__name__": "bone_fracture_notebook"}

@@ -4,6 +4,8 @@ The notebook's parameters, setup and definitions cells are executed (see nbhelpe
 exercise the same functions the notebook runs, not copies.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from nbhelpers import notebook_namespace
@@ -93,21 +95,24 @@ def test_threshold_is_the_highest_reaching_the_target_sensitivity(nb):
     p = np.array([0.9, 0.8, 0.4, 0.3, 0.7, 0.2, 0.1, 0.05])
     assert nb["threshold_for_sensitivity"](y, p, 0.75) == pytest.approx(0.4)
     assert nb["threshold_for_sensitivity"](y, p, 1.0) == pytest.approx(0.3)
-    found = nb["headline_metrics"](y, p, 0.4)
-    assert (found["sensitivity"], found["specificity"], found["accuracy"]) == (0.75, 0.75, 0.625)  # accuracy at 0.5
+    found = nb["scores"](y, p, 0.4)
+    assert [found[name] for name in ("sensitivity", "specificity", "accuracy", "precision")] == [0.75] * 4
 
 
-def test_grouped_split_never_cuts_a_group_and_follows_the_fractions(nb):
+def test_single_split_never_cuts_a_group_and_follows_the_fractions(nb):
     import pandas as pd
 
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(300), rng.integers(1, 4, 300))
     frame = pd.DataFrame({"group": groups, "label": np.where(groups % 3 == 0, "fractured", "not_fractured")})
-    split = nb["grouped_split"](frame, [0.7, 0.15, 0.15], seed=0)
-    assert (frame.assign(split=split).groupby("group")["split"].nunique() == 1).all()
-    shares = split.value_counts(normalize=True)
-    assert shares["train"] == pytest.approx(0.7, abs=0.02) and shares["test"] == pytest.approx(0.15, abs=0.02)
-    assert split.equals(nb["grouped_split"](frame, [0.7, 0.15, 0.15], seed=0))
+    parts = nb["single_split"](frame, [0.7, 0.15, 0.15], seed=0)
+    assert sum(len(part) for part in parts.values()) == len(frame)
+    sides = [set(part["group"]) for part in parts.values()]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])  # no group on two sides
+    shares = {name: len(part) / len(frame) for name, part in parts.items()}
+    assert shares["train"] == pytest.approx(0.7, abs=0.03) and shares["test"] == pytest.approx(0.15, abs=0.03)
+    again = nb["single_split"](frame, [0.7, 0.15, 0.15], seed=0)
+    assert all(parts[name].index.equals(again[name].index) for name in parts)
 
 
 def test_fold_assignment_keeps_groups_whole_stratified_seeded_and_repeatable(nb):
@@ -125,7 +130,7 @@ def test_fold_assignment_keeps_groups_whole_stratified_seeded_and_repeatable(nb)
     assert (fold == nb["grouped_folds"](frame, 5, seed=3)).all()  # repeatable
     assert not (fold == nb["grouped_folds"](frame, 5, seed=4)).all()  # seeded
     for k in range(1, 6):
-        parts = nb["fold_parts"](frame, k, seed=3)
+        parts = nb["fold_parts"](frame, k, seed=3, val_splits=4)
         assert (parts["test"]["fold"] == k).all()
         assert sum(len(part) for part in parts.values()) == len(frame)
         sides = [set(part["group"]) for part in parts.values()]
@@ -142,8 +147,8 @@ def test_prediction_input_equals_what_the_training_batches_feed(nb, tmp_path):
     record = nb["inspect_image"](path)
     frame = pd.DataFrame({"cache": [record["cache"]], "label": ["fractured"]})
     fed = nb["XrayBatches"](frame, batch_size=1)[0][0][0]
-    assert fed.shape == (64, 64, 1)
-    np.testing.assert_allclose(nb["model_input"](path), fed, atol=1e-6)
+    assert fed.shape == (64, 64, 1) and fed.max() > 1  # 0-255: the model scales its input itself
+    np.testing.assert_allclose(nb["model_input"](nb["load_xray"](path)), fed, atol=1e-6)
 
 
 def test_training_batches_do_not_depend_on_which_thread_builds_them(nb, tmp_path, monkeypatch):
@@ -195,23 +200,113 @@ def test_benchmark_script_runs_and_reports_every_figure(tmp_path):
     assert "integrity_img_per_s" in result.stdout  # the printed table
 
 
-def test_a_successful_download_is_found_inside_the_kaggle_archive(nb, tmp_path, monkeypatch):
-    """kagglehub is replaced by a stub that 'downloads' a nested copy of the layout (no network in tests)."""
+def make_archive(folder, negative="not fractured", splits=("train", "val", "test")):
+    """Lay out empty class folders as the Kaggle archive unzips under `folder`; return the folder holding the splits."""
+    root = folder / "Bone_Fracture_Binary_Classification" / "Bone_Fracture_Binary_Classification"
+    for split in splits:
+        for label in ("fractured", negative):
+            (root / split / label).mkdir(parents=True)
+    return root
+
+
+@pytest.mark.parametrize("name", ["fractured", "Fractured", "FRACTURED "])
+def test_the_positive_class_folder_is_read_by_meaning(nb, name):
+    assert nb["class_of"](name) == "fractured"
+
+
+@pytest.mark.parametrize("name", ["not fractured", "not_fractured", "Not Fractured", "not-fractured", "NOT__FRACTURED",
+                                  "not - fractured"])
+def test_every_spelling_of_the_negative_class_folder_is_accepted(nb, name):
+    assert nb["class_of"](name) == "not_fractured"
+
+
+@pytest.mark.parametrize("name", ["fracture", "notfractured", "normal", "not fractured 2", "other_class"])
+def test_other_folder_names_mean_no_class(nb, name):
+    assert nb["class_of"](name) is None
+
+
+def test_class_folders_are_found_by_meaning_and_an_unknown_or_doubled_one_is_refused(nb, tmp_path):
+    root = make_archive(tmp_path)
+    found = nb["class_folders"](root)
+    assert sorted(zip(found["split"], found["label"], found["folder"].map(lambda f: f.name))) == sorted(
+        (split, label, folder) for split in ("train", "val", "test")
+        for label, folder in [("fractured", "fractured"), ("not_fractured", "not fractured")])
+    (root / "val/not_fractured").mkdir()
+    with pytest.raises(nb["DataError"]) as doubled:
+        nb["class_folders"](root)
+    assert "'fractured', 'not fractured', 'not_fractured'" in str(doubled.value)
+    assert "two of them mean the same class" in str(doubled.value) and "any case" in str(doubled.value)
+    (root / "val/not_fractured").rmdir()
+    (root / "test/normal").mkdir()
+    with pytest.raises(nb["DataError"]) as unknown:
+        nb["class_folders"](root)
+    assert "'normal' means neither class" in str(unknown.value) and str(root / "test") in str(unknown.value)
+    assert list(root.rglob("*")) and not any(p.is_file() for p in root.rglob("*"))  # nothing written, nothing moved
+
+
+def namespace_with(tmp_path, monkeypatch, **overrides):
+    """The notebook's namespace with overrides, run from an empty folder (the notebook's own folder is searched)."""
+    here = tmp_path / "notebook_folder"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    return notebook_namespace(64, tmp_path / "out", **overrides)
+
+
+@pytest.mark.parametrize("mount", ["bone-fracture-data", "datasets/bmadushanirodrigo/fracture-multi-region-x-ray-data"])
+def test_an_attached_kaggle_dataset_is_found_when_data_dir_is_left_empty(tmp_path, monkeypatch, mount):
+    kaggle_input = tmp_path / "kaggle" / "input"
+    root = make_archive(kaggle_input / mount)
+    (kaggle_input / "another-dataset" / "train" / "cats").mkdir(parents=True)  # attached beside it: not ours
+    nb = namespace_with(tmp_path, monkeypatch, DATA_DIR=None, KAGGLE_INPUT=str(kaggle_input))
+    assert nb["DATA_DIR"] == "" and nb["locate_data"]() == root
+    nb = namespace_with(tmp_path / "b", monkeypatch, DATA_DIR=str(tmp_path / "elsewhere"),
+                        KAGGLE_INPUT=str(kaggle_input))
+    with pytest.raises(nb["DataError"]) as given:  # a DATA_DIR that was set is never swapped for Kaggle's input
+        nb["locate_data"]()
+    assert str(tmp_path / "elsewhere") in str(given.value) and "not found" in str(given.value)
+
+
+def test_the_archive_unzipped_next_to_the_notebook_is_found(tmp_path, monkeypatch):
+    nb = namespace_with(tmp_path, monkeypatch, DATA_DIR=None, KAGGLE_INPUT=str(tmp_path / "no_kaggle"))
+    root = make_archive(Path.cwd() / "data")
+    assert nb["locate_data"]().resolve() == root.resolve()
+
+
+def test_a_successful_download_is_used_as_kagglehub_lays_it_out(tmp_path, monkeypatch):
+    """kagglehub is replaced by a stub that 'downloads' the archive's real layout (no network in tests)."""
     import sys
     import types
 
-    archive = tmp_path / "kagglehub" / "datasets" / "x" / "versions" / "1"
-    root = archive / "Bone_Fracture" / "dataset_bone_fracture"
-    for split in ("train", "val", "test"):
-        for label in ("fractured", "not_fractured"):
-            (root / split / label).mkdir(parents=True)
+    archive = tmp_path / "kagglehub/datasets/bmadushanirodrigo/fracture-multi-region-x-ray-data/versions"
+    root = make_archive(archive / "1")
     calls = []
-    stub = types.SimpleNamespace(dataset_download=lambda handle: calls.append(handle) or str(archive))
+    stub = types.SimpleNamespace(dataset_download=lambda handle: calls.append(handle) or str(archive / "1"))
     monkeypatch.setitem(sys.modules, "kagglehub", stub)
-    assert nb["download_dataset"]() == root
+    nb = namespace_with(tmp_path, monkeypatch, DATA_DIR=None, KAGGLE_INPUT=str(tmp_path / "none"), DOWNLOAD="1")
+    assert nb["locate_data"]() == root
     assert calls == ["bmadushanirodrigo/fracture-multi-region-x-ray-data"]
-    assert nb["find_split_root"](tmp_path / "kagglehub" / "datasets") == root
-    assert nb["find_split_root"](tmp_path / "kagglehub" / "datasets" / "x" / "nothing") is None
+    assert nb["class_folders"](root)["label"].value_counts().to_dict() == {"fractured": 3, "not_fractured": 3}
+
+
+def test_an_older_stack_is_named_with_what_to_do(monkeypatch):
+    import importlib.metadata
+
+    import nbformat
+    from nbhelpers import NOTEBOOK
+
+    code = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+    check = "\n".join(c.source for c in code[:next(i for i, c in enumerate(code) if "too_old" in c.source) + 1])
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: {"tensorflow": "2.15.1", "keras": "2.15.0"}.get(
+        name) or real(name))
+    with pytest.raises(Exception) as stopped:
+        exec(compile(check, "<cells>", "exec"), {})
+    message = str(stopped.value)
+    assert type(stopped.value).__name__ == "DataError"
+    assert "tensorflow 2.15.1 (needs 2.19 or newer)" in message and "keras 2.15.0 (needs 3.10 or newer)" in message
+    assert "Kaggle" in message and "Colab" in message and "numpy" not in message
+    monkeypatch.setattr(importlib.metadata, "version", real)
+    exec(compile(check, "<cells>", "exec"), {})  # this environment is supported: the check passes
 
 
 def test_a_pretrained_backbone_is_built_from_a_local_weights_file_and_its_ensemble_reloads(tmp_path):
@@ -223,11 +318,11 @@ def test_a_pretrained_backbone_is_built_from_a_local_weights_file_and_its_ensemb
     source = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(64, 64, 3))
     source.save_weights(weights)
     nb = notebook_namespace(64, tmp_path / "out", BACKBONE="EfficientNetB0", BACKBONE_WEIGHTS=str(weights))
-    models = [nb["build_model"](64, name=f"fold_{k}") for k in (1, 2)]
+    models = [nb["build_model"](64, name=f"fold_{k}") for k in (1, 2)]  # uncompiled: training compiles
     for model in models:
         for got, want in zip(model.get_layer("last_conv").get_weights(), source.get_weights()):
             np.testing.assert_array_equal(got, want)
-    pixels = np.random.default_rng(0).random((64, 64, 1), dtype=np.float32)
+    pixels = np.random.default_rng(0).random((64, 64, 1), dtype=np.float32) * 255
     assert nb["grad_cam"](models[0], pixels).shape == (2, 2)
     nb["average_models"](models).save(tmp_path / "model.keras")
     reloaded = keras.models.load_model(tmp_path / "model.keras")

@@ -14,7 +14,7 @@ ODD_GOOD = ["train/fractured/sixteen_bit.png", "train/not_fractured/cmyk.jpg", "
 @pytest.fixture(scope="module")
 def index(notebook_run, fixture):
     frame = pd.read_csv(notebook_run / "index.csv")
-    frame["rel"] = frame["path"].str.removeprefix(f"{fixture.root}/")
+    frame["rel"] = frame["path"].map(fixture.key)
     return frame.set_index("rel")
 
 
@@ -45,7 +45,7 @@ def generator_batch(nb, cache_path):
 
 
 def test_sixteen_bit_image_reaches_the_generator_with_its_contrast(nb, index):
-    pixels = generator_batch(nb, index.at["train/fractured/sixteen_bit.png", "cache"])
+    pixels = generator_batch(nb, index.at["train/fractured/sixteen_bit.png", "cache"]) / 255  # the model's scaling
     assert pixels.max() > 0.7 and pixels.min() < 0.3  # stretched over the 8-bit range
     assert 0.1 < pixels.mean() < 0.8 and pixels.std() > 0.08  # neither clipped to white nor crushed to black
 
@@ -64,5 +64,5 @@ def test_exif_rotated_image_is_trained_upright(nb, index, fixture):
 
 
 def test_alpha_image_is_composited_not_blanked(nb, index):
-    pixels = generator_batch(nb, index.at["test/fractured/rgba.png", "cache"])
+    pixels = generator_batch(nb, index.at["test/fractured/rgba.png", "cache"]) / 255
     assert pixels.std() > 0.05

@@ -19,7 +19,7 @@ from nbhelpers import environment
 def published_run(notebook_run, fixture):
     """A second run, in published mode, with parameters injected by name through papermill."""
     output = WORK / "published"
-    to_predict = f"{fixture.root}/test/fractured,{fixture.root}/val/not_fractured/notes.png"
+    to_predict = f"{fixture.root}/test/fractured,{fixture.disk('val/not_fractured/notes.png')}"
     papermill.execute_notebook(
         str(NOTEBOOK), str(WORK / "published.ipynb"), cwd=str(ROOT), kernel_name="python3", progress_bar=False,
         parameters={"OUTPUT_DIR": str(output), "SPLIT": "published", "PREDICT": to_predict, "WORKERS": 1})
@@ -45,7 +45,7 @@ def test_prediction_section_classifies_exactly_the_given_images(published_run, f
     predictions = pd.read_csv(published_run / "predictions.csv", keep_default_na=False)
     folder = fixture.root / "test/fractured"
     expected = sorted(str(p) for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    expected.append(str(fixture.root / "val/not_fractured/notes.png"))
+    expected.append(str(fixture.disk("val/not_fractured/notes.png")))
     assert predictions["path"].tolist() == expected
     readable = predictions[predictions["error"] == ""]
     assert len(readable) == len(expected) - 1
@@ -57,35 +57,23 @@ def test_prediction_section_classifies_exactly_the_given_images(published_run, f
 def test_model_card_figures_equal_metrics_json(published_run):
     metrics = json.loads((published_run / "metrics.json").read_text())
     card = (published_run / "model_card.md").read_text()
-    test = metrics["test"]
+    test, source = metrics["test"], metrics["beyond_source"]
     assert "not a medical device" in card.lower()
-    for name in ("accuracy", "roc_auc", "sensitivity", "specificity"):
-        low, high = test["ci95"][name]
-        assert f"{test[name]:.3f} (95% CI {low:.3f}-{high:.3f})" in card, name
+    cnn, meta = test["per_radiograph"]["cnn"], test["per_radiograph"]["metadata"]
+    for found, name in [(cnn, "roc_auc"), (cnn, "sensitivity"), (cnn, "specificity"), (meta, "roc_auc"),
+                        (test["per_image"]["cnn"], "roc_auc")]:
+        low, high = found["ci95"][name]
+        assert f"{found[name]:.3f} (95% CI {low:.3f}-{high:.3f})" in card, name
+    for found in (source["cnn"], source["metadata"]):
+        assert f"{found['roc_auc']:.3f} (95% CI {found['ci95'][0]:.3f}-{found['ci95'][1]:.3f})" in card
     assert f"{metrics['training']['parameters']:,} parameters" in card
-    assert f"Threshold {test['threshold']:.3f}" in card
-    assert f"Brier score {test['brier']:.3f}" in card
+    assert f"threshold {test['threshold']:.3f}" in card
+    assert f"Brier score {cnn['brier']:.3f}" in card
+    assert "[published split:" in card
 
 
 def test_runs_leave_the_users_files_byte_for_byte_unchanged(published_run, fixture):
-    assert snapshot(fixture.root) == FIXTURE_BEFORE
-
-
-def test_same_data_and_seed_give_the_same_split_training_and_metrics(notebook_run, tmp_path):
-    again = tmp_path / "again"
-    _, error = execute_notebook({"BONE_FRACTURE_OUTPUT_DIR": str(again)})
-    assert error is None, error
-    columns = ["path", "label", "fold", "group", "note", "sha1"]
-    pd.testing.assert_frame_equal(pd.read_csv(notebook_run / "index.csv")[columns],
-                                  pd.read_csv(again / "index.csv")[columns])
-    assert (notebook_run / "folds.csv").read_text() == (again / "folds.csv").read_text()
-    pd.testing.assert_frame_equal(*(pd.read_csv(run / "history.csv").drop(columns="seconds")
-                                    for run in (notebook_run, again)))
-    first, second = (json.loads((run / "metrics.json").read_text()) for run in (notebook_run, again))
-    assert first["test"] == second["test"]
-    assert first["cv"] == second["cv"]
-    assert first["audit"] == second["audit"]
-    assert (notebook_run / "leakage_report.csv").read_text() == (again / "leakage_report.csv").read_text()
+    assert snapshot(fixture.folder) == FIXTURE_BEFORE
 
 
 def readme_command(marker):
@@ -96,7 +84,7 @@ def readme_command(marker):
 
 def test_readme_run_command_executes_the_notebook_into_an_html_report(fixture, tmp_path):
     output = tmp_path / "run"
-    env = {**os.environ, "BONE_FRACTURE_DATA_DIR": str(fixture.root), "BONE_FRACTURE_OUTPUT_DIR": str(output),
+    env = {**os.environ, "BONE_FRACTURE_DATA_DIR": str(fixture.folder), "BONE_FRACTURE_OUTPUT_DIR": str(output),
            "BONE_FRACTURE_EPOCHS": "1"}
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_command("run-command")], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=1200)
@@ -161,22 +149,35 @@ def test_download_failure_without_network_is_clean_and_fast(tmp_path):
     assert "bmadushanirodrigo/fracture-multi-region-x-ray-data" in message
 
 
-def test_missing_class_folder_and_extra_class_folder_are_named(tmp_path):
-    data = tmp_path / "data"
-    build_fixture(data, with_odd_forms=False)
+def test_a_folder_that_means_neither_class_is_named_with_the_accepted_names(tmp_path):
+    data = build_fixture(tmp_path / "data", with_odd_forms=False).root
     (data / "val/other_class").mkdir()
     (data / "val/other_class/x.jpg").write_bytes(b"")
     message = failing_run({"BONE_FRACTURE_DATA_DIR": str(data), "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o")})
-    assert "other_class" in message and str(data / "val") in message
-    shutil.rmtree(data / "val/other_class")
-    shutil.rmtree(data / "test/not_fractured")
-    message = failing_run({"BONE_FRACTURE_DATA_DIR": str(data), "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o")})
-    assert str(data / "test/not_fractured") in message
+    assert "'fractured', 'not_fractured', 'other_class'" in message and str(data / "val") in message
+    assert "'other_class' means neither class" in message and "not fractured" in message
+    assert (data / "val/other_class/x.jpg").exists() and not (tmp_path / "o").exists()
+
+
+def test_copies_without_val_and_with_an_empty_class_folder_run_grouped_but_not_published(tmp_path):
+    data = build_fixture(tmp_path / "data", with_odd_forms=False, layout="archive")
+    shutil.rmtree(data.root / "val")
+    for path in (data.root / "test/not fractured").iterdir():
+        path.unlink()
+    env = {"BONE_FRACTURE_DATA_DIR": str(data.folder), "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "o"),
+           "BONE_FRACTURE_EPOCHS": "1"}
+    _, error = execute_notebook(env, timeout=600)
+    assert error is None, error
+    metrics = json.loads((tmp_path / "o/metrics.json").read_text())
+    assert set(metrics["data"]["good_in_published_folders"]) == {"train", "test"}
+    message = failing_run({**env, "BONE_FRACTURE_SPLIT": "published", "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "p")})
+    assert "SPLIT=published needs train/, val/ and test/" in message and str(data.root / "val") in message
 
 
 def settings_outcome(name, value):
-    """Run the notebook's parameters cell and the checks after it with one variable set; return (namespace, error)."""
-    cells = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"][:3]
+    """Run the notebook's cells up to its parameter checks with one variable set; return (namespace, error)."""
+    code = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+    cells = code[:next(i for i, c in enumerate(code) if "TRAINING = not MODEL" in c.source) + 1]
     namespace = {}
     with environment({f"BONE_FRACTURE_{name}": value}):
         try:
@@ -191,6 +192,7 @@ def settings_outcome(name, value):
     ("EPOCHS", "0"), ("EPOCHS", "ten"), ("BATCH_SIZE", "0"), ("IMG_SIZE", "8"), ("SEED", "-1"), ("FOLDS", "0"),
     ("TARGET_SENSITIVITY", "1.5"), ("NEAR_DUP_SIMILARITY", "2"), ("LEARNING_RATE", "-1"), ("BOOTSTRAP", "0"),
     ("DEDUPLICATE", "ture"), ("SPLIT", "random"), ("SPLIT_FRACTIONS", "0.7,0.3"), ("MAX_MEGAPIXELS", "big"),
+    ("MODEL", "/no/such/model.keras"), ("SOURCE_BINS", "1"), ("PREDICT_FIGURE", "-1"), ("BACKBONE", "efficient net"),
 ])
 def test_each_invalid_parameter_is_refused_naming_variable_value_and_what_is_allowed(name, value):
     _, error = settings_outcome(name, value)
@@ -235,25 +237,25 @@ def test_a_dataset_of_one_image_copied_everywhere_names_the_real_cause(tmp_path)
 
 @pytest.fixture(scope="module")
 def single_split_runs(tmp_path_factory):
-    """FOLDS=1, with the output folder inside a class folder, a stale result in it, and bad PREDICT entries.
+    """FOLDS=1 in the renamed layout, with the output folder inside a class folder holding a file of the user's.
 
-    Run twice: the second run must not count the first run's files as images.
+    Run twice: the first classifies a readable image too; the second only bad PREDICT entries. The second run must
+    not count the first run's files as images, and must remove the first run's figure (its own) but not the notes.
     """
     work = tmp_path_factory.mktemp("single")
     data = build_fixture(work / "data", with_odd_forms=False).root
     output = data / "train/fractured/results"
     output.mkdir()
-    (output / "predictions.png").write_bytes(b"a figure from an earlier run")
     (output / "my_notes.txt").write_text("the user's own file")
     fifo, broken = work / "pipe.png", work / "broken.png"
     os.mkfifo(fifo)
     png = (data / "train/fractured/f_000.png").read_bytes()
     broken.write_bytes(png[:40] + b"\x00" * 16 + png[56:])  # a chunk with a broken CRC
-    env = {"BONE_FRACTURE_DATA_DIR": str(data), "BONE_FRACTURE_OUTPUT_DIR": str(output), "BONE_FRACTURE_FOLDS": "1",
-           "BONE_FRACTURE_PREDICT": f"{fifo},{broken},{work / 'missing.png'}"}
+    env = {"BONE_FRACTURE_DATA_DIR": str(data), "BONE_FRACTURE_OUTPUT_DIR": str(output), "BONE_FRACTURE_FOLDS": "1"}
     runs = []
-    for _ in range(2):
-        _, error = execute_notebook(env, timeout=600)
+    for extra in [f",{data / 'test/fractured/f_000.png'}", ""]:
+        _, error = execute_notebook({**env, "BONE_FRACTURE_PREDICT": f"{fifo},{broken},{work / 'missing.png'}{extra}"},
+                                    timeout=600)
         assert error is None, error
         runs.append({"metrics": json.loads((output / "metrics.json").read_text()),
                      "predictions": pd.read_csv(output / "predictions.csv", keep_default_na=False),
@@ -277,18 +279,21 @@ def test_output_folder_inside_the_data_is_never_counted_as_data(single_split_run
     assert runs[0]["metrics"]["audit"] == runs[1]["metrics"]["audit"]
 
 
-def test_stale_results_are_removed_and_the_users_files_kept(single_split_runs):
+def test_a_rerun_removes_its_own_earlier_results_and_keeps_the_users_files(single_split_runs):
     runs, output = single_split_runs
-    for run in runs:
-        assert "predictions.png" not in run["written"]  # no readable PREDICT image: no figure, and no old one
-        assert "my_notes.txt" in run["written"]
+    assert "predictions.png" in runs[0]["written"]
+    assert "predictions.png" not in runs[1]["written"]  # no readable PREDICT image: no figure, and not the old one
+    assert all("my_notes.txt" in run["written"] for run in runs)
     assert (output / "my_notes.txt").read_text() == "the user's own file"
+    assert ".bone_fracture.lock" not in runs[1]["written"]  # given up at the end
 
 
 def test_a_pipe_a_broken_png_and_a_missing_file_in_predict_are_listed_not_fatal(single_split_runs):
     runs, _ = single_split_runs
-    errors = runs[0]["predictions"]["error"].tolist()
-    assert errors[0] == "not a regular file"
-    assert errors[1].startswith(("corrupt", "truncated", "not an image"))
-    assert errors[2] == "file not found"
-    assert (runs[0]["predictions"]["decision"] == "").all()
+    for run in runs:
+        errors, decisions = run["predictions"]["error"].tolist(), run["predictions"]["decision"].tolist()
+        assert errors[0] == "not a regular file"
+        assert errors[1].startswith(("corrupt", "truncated", "not an image"))
+        assert errors[2] == "file not found"
+        assert decisions[:3] == ["", "", ""]
+    assert runs[0]["predictions"]["error"].iloc[3] == "" and runs[0]["predictions"]["decision"].iloc[3] != ""
