@@ -192,7 +192,7 @@ def settings_outcome(name, value):
     ("EPOCHS", "0"), ("EPOCHS", "ten"), ("BATCH_SIZE", "0"), ("IMG_SIZE", "8"), ("SEED", "-1"), ("FOLDS", "0"),
     ("TARGET_SENSITIVITY", "1.5"), ("NEAR_DUP_SIMILARITY", "2"), ("LEARNING_RATE", "-1"), ("BOOTSTRAP", "0"),
     ("DEDUPLICATE", "ture"), ("SPLIT", "random"), ("SPLIT_FRACTIONS", "0.7,0.3"), ("MAX_MEGAPIXELS", "big"),
-    ("MODEL", "/no/such/model.keras"), ("SOURCE_BINS", "1"), ("PREDICT_FIGURE", "-1"), ("BACKBONE", "efficient net"),
+    ("MODEL", "/no/such/model.keras"), ("SOURCE_BINS", "1"), ("FIT", "stretch"), ("BACKBONE", "efficient net"),
 ])
 def test_each_invalid_parameter_is_refused_naming_variable_value_and_what_is_allowed(name, value):
     _, error = settings_outcome(name, value)
