@@ -53,11 +53,11 @@ def test_good_image_is_hashed_signed_and_cached_at_model_size(nb, tmp_path):
 
 
 @pytest.mark.parametrize("size", [(120, 60), (30, 90), (64, 64), (300, 299)])
-def test_the_model_input_keeps_the_aspect_ratio_and_the_content_box_locates_the_image(nb, size):
+def test_the_model_input_keeps_the_aspect_ratio_and_pads_with_black(nb, size):
     image = Image.new("L", size, 200)  # a bright image: the model input is bright exactly where it lies
     square = np.asarray(nb["to_model_size"](image))
     assert square.shape == (64, 64)
-    left, top, right, bottom = nb["content_box"](size)
+    left, top, right, bottom = Image.fromarray(square).getbbox()
     assert (square[top:bottom, left:right] == 200).all()
     padding = np.ones_like(square, bool)
     padding[top:bottom, left:right] = False
@@ -91,11 +91,15 @@ def test_flat_sixteen_bit_image_does_not_divide_by_zero(nb):
 
 
 def test_threshold_is_the_highest_reaching_the_target_sensitivity(nb):
+    import pandas as pd
+
     y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
     p = np.array([0.9, 0.8, 0.4, 0.3, 0.7, 0.2, 0.1, 0.05])
-    assert nb["threshold_for_sensitivity"](y, p, 0.75) == pytest.approx(0.4)
-    assert nb["threshold_for_sensitivity"](y, p, 1.0) == pytest.approx(0.3)
-    found = nb["scores"](y, p, 0.4)
+    table = pd.DataFrame({"label": np.where(y == 1, "fractured", "not_fractured"), "p": p})
+    table = table.sample(frac=1, random_state=0)  # the order of the rows does not matter
+    assert nb["threshold_for_sensitivity"](table, "p", 0.75) == pytest.approx(0.4)
+    assert nb["threshold_for_sensitivity"](table, "p", 1.0) == pytest.approx(0.3)
+    found = nb["scores"](table, "p", 0.4)
     assert [found[name] for name in ("sensitivity", "specificity", "accuracy", "precision")] == [0.75] * 4
 
 
@@ -146,7 +150,7 @@ def test_prediction_input_equals_what_the_training_batches_feed(nb, tmp_path):
     path = write_image(tmp_path / "scan16.png", array)
     record = nb["inspect_image"](path)
     frame = pd.DataFrame({"cache": [record["cache"]], "label": ["fractured"]})
-    fed = nb["XrayBatches"](frame, batch_size=1)[0][0][0]
+    fed = nb["XrayBatches"](frame, 1)[0][0][0]
     assert fed.shape == (64, 64, 1) and fed.max() > 1  # 0-255: the model scales its input itself
     np.testing.assert_allclose(nb["model_input"](nb["load_xray"](path)), fed, atol=1e-6)
 
@@ -328,3 +332,7 @@ def test_a_pretrained_backbone_is_built_from_a_local_weights_file_and_its_ensemb
     reloaded = keras.models.load_model(tmp_path / "model.keras")
     expected = np.mean([np.asarray(m(pixels[None], training=False)) for m in models], axis=0)
     np.testing.assert_allclose(np.asarray(reloaded(pixels[None], training=False)), expected, atol=1e-5)
+
+
+def test_every_knob_is_checked_once(nb):
+    assert sorted(nb["CHECKS"]) == sorted(nb["env"].knobs)  # no knob unchecked, no check of a knob that is gone

@@ -41,7 +41,7 @@ def nb(tmp_path_factory):
 def generator_batch(nb, cache_path):
     """Load one cached image through the notebook's own batches, as training and evaluation read it."""
     frame = pd.DataFrame({"cache": [cache_path], "label": ["fractured"]})
-    return nb["XrayBatches"](frame, batch_size=1)[0][0][0, ..., 0]
+    return nb["XrayBatches"](frame, 1)[0][0][0, ..., 0]
 
 
 def test_sixteen_bit_image_reaches_the_generator_with_its_contrast(nb, index):

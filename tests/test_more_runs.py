@@ -68,7 +68,7 @@ def test_model_card_figures_equal_metrics_json(published_run):
         assert f"{found['roc_auc']:.3f} (95% CI {found['ci95'][0]:.3f}-{found['ci95'][1]:.3f})" in card
     assert f"{metrics['training']['parameters']:,} parameters" in card
     assert f"threshold {test['threshold']:.3f}" in card
-    assert f"Brier score {cnn['brier']:.3f}" in card
+    assert f"Brier {cnn['brier']:.3f}" in card
     assert "[published split:" in card
 
 
@@ -220,7 +220,7 @@ def test_an_invalid_value_stops_the_notebook_at_once_with_one_line(tmp_path):
 def test_an_output_folder_that_is_a_file_gets_one_clear_message(tmp_path):
     (tmp_path / "taken").write_text("a file")
     message = failing_run({"BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "taken")})
-    assert "BONE_FRACTURE_OUTPUT_DIR" in message and "cannot be used as the output folder" in message
+    assert "BONE_FRACTURE_OUTPUT_DIR" in message and "cannot be the output folder" in message
 
 
 def test_a_dataset_of_one_image_copied_everywhere_names_the_real_cause(tmp_path):

@@ -58,7 +58,7 @@ def test_the_data_folder_as_output_folder_stops_at_once_and_changes_no_data_file
     before = snapshot(data.folder)
     for output in (data.root, data.folder, data.root / "train"):
         message = failing_run({"BONE_FRACTURE_DATA_DIR": str(data.folder), "BONE_FRACTURE_OUTPUT_DIR": str(output)})
-        assert "cannot be used as the output folder: it holds the data folder" in message
+        assert "cannot be the output folder: it holds the data folder" in message
         assert snapshot(data.folder) == before
 
 
