@@ -313,26 +313,5 @@ def test_an_older_stack_is_named_with_what_to_do(monkeypatch):
     exec(compile(check, "<cells>", "exec"), {})  # this environment is supported: the check passes
 
 
-def test_a_pretrained_backbone_is_built_from_a_local_weights_file_and_its_ensemble_reloads(tmp_path):
-    """BACKBONE with BACKBONE_WEIGHTS=<file>: the weights are read from the file (no download), Grad-CAM finds the
-    backbone's feature maps, and the averaged model saves and loads with keras alone."""
-    import keras
-
-    weights = tmp_path / "efficientnetb0_notop.weights.h5"
-    source = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(64, 64, 3))
-    source.save_weights(weights)
-    nb = notebook_namespace(64, tmp_path / "out", BACKBONE="EfficientNetB0", BACKBONE_WEIGHTS=str(weights))
-    models = [nb["build_model"](64, name=f"fold_{k}") for k in (1, 2)]  # uncompiled: training compiles
-    for model in models:
-        for got, want in zip(model.get_layer("last_conv").get_weights(), source.get_weights()):
-            np.testing.assert_array_equal(got, want)
-    pixels = np.random.default_rng(0).random((64, 64, 1), dtype=np.float32) * 255
-    assert nb["grad_cam"](models[0], pixels).shape == (2, 2)
-    nb["average_models"](models).save(tmp_path / "model.keras")
-    reloaded = keras.models.load_model(tmp_path / "model.keras")
-    expected = np.mean([np.asarray(m(pixels[None], training=False)) for m in models], axis=0)
-    np.testing.assert_allclose(np.asarray(reloaded(pixels[None], training=False)), expected, atol=1e-5)
-
-
 def test_every_knob_is_checked_once(nb):
     assert sorted(nb["CHECKS"]) == sorted(nb["env"].knobs)  # no knob unchecked, no check of a knob that is gone
