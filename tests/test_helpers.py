@@ -52,10 +52,16 @@ def test_good_image_is_hashed_signed_and_cached_at_model_size(nb, tmp_path):
     assert Image.open(record["cache"]).size == (64, 64)
 
 
+@pytest.fixture(scope="module")
+def padded(tmp_path_factory):
+    return notebook_namespace(64, tmp_path_factory.mktemp("padded"), FIT="pad")
+
+
 @pytest.mark.parametrize("size", [(120, 60), (30, 90), (64, 64), (300, 299)])
-def test_the_model_input_keeps_the_aspect_ratio_and_pads_with_black(nb, size):
+def test_the_model_input_is_stretched_by_default_and_keeps_the_aspect_ratio_when_padded(nb, padded, size):
     image = Image.new("L", size, 200)  # a bright image: the model input is bright exactly where it lies
-    square = np.asarray(nb["to_model_size"](image))
+    assert (np.asarray(nb["to_model_size"](image)) == 200).all()  # FIT=squash: stretched over the whole square
+    square = np.asarray(padded["to_model_size"](image))
     assert square.shape == (64, 64)
     left, top, right, bottom = Image.fromarray(square).getbbox()
     assert (square[top:bottom, left:right] == 200).all()

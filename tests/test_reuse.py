@@ -144,13 +144,17 @@ def test_a_corrupt_model_file_ends_in_one_message(tmp_path, fixture):
     assert f"{model} could not be loaded as a model" in message
 
 
-def test_a_model_of_another_image_size_and_a_missing_contract_are_refused(notebook_run, tmp_path):
+def test_a_model_of_another_size_or_fit_and_a_missing_contract_are_refused(notebook_run, tmp_path):
     from nbhelpers import notebook_namespace
 
     nb = notebook_namespace(128, tmp_path / "o")
     with pytest.raises(nb["DataError"]) as wrong_size:
         nb["load_trained"](notebook_run / "model.keras")
     assert "takes 64x64 images" in str(wrong_size.value) and "BONE_FRACTURE_IMG_SIZE=64" in str(wrong_size.value)
+    padded = notebook_namespace(64, tmp_path / "p", FIT="pad")
+    with pytest.raises(padded["DataError"]) as wrong_fit:  # the model was trained on stretched images
+        padded["load_trained"](notebook_run / "model.keras")
+    assert "FIT 'squash'" in str(wrong_fit.value) and "BONE_FRACTURE_FIT=squash" in str(wrong_fit.value)
     shutil.copy(notebook_run / "model.keras", tmp_path / "lonely.keras")
     with pytest.raises(nb["DataError"]) as no_contract:
         nb["load_trained"](tmp_path / "lonely.keras")
