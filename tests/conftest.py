@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from fixture_data import build_fixture, snapshot
+from fixture_data import build_fixture, snapshot, write_annotations
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from nbhelpers import environment
@@ -26,6 +26,7 @@ NOTEBOOK = ROOT / "bone_fracture_classifier.ipynb"
 WORK = Path(tempfile.mkdtemp(prefix="bone-fracture-tests-"))
 FIXTURE = build_fixture(WORK / "data", layout="archive")  # as the Kaggle archive unzips: nested, "not fractured"
 FIXTURE_BEFORE = snapshot(FIXTURE.folder)
+ANNOTATIONS = write_annotations(FIXTURE, WORK / "annotations.csv")  # body parts, an exclusion, an unmatched row
 OUTPUT = WORK / "output"
 
 # Small and fast: 2 folds, 2 epochs at 64x64 px.
@@ -38,6 +39,7 @@ RUN_ENV = {
     "BONE_FRACTURE_BATCH_SIZE": "8",
     "BONE_FRACTURE_BOOTSTRAP": "300",
     "BONE_FRACTURE_SEED": "7",
+    "BONE_FRACTURE_ANNOTATIONS": str(ANNOTATIONS.path),
 }
 
 
@@ -77,6 +79,12 @@ def execute_notebook(env: dict[str, str | None], timeout: int = 900, cwd: Path =
 def fixture():
     """The planted facts of the fixture dataset."""
     return FIXTURE
+
+
+@pytest.fixture(scope="session")
+def annotations():
+    """The facts of the fixture's annotation table."""
+    return ANNOTATIONS
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ the tests assert against facts, not against the notebook's own output.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from dataclasses import dataclass, field
@@ -311,3 +312,42 @@ def snapshot(root: Path) -> dict[str, tuple]:
         else:
             state[rel] = ("dir", path.stat().st_mode)
     return state
+
+
+@dataclass
+class FixtureAnnotations:
+    """What ``write_annotations`` wrote: the table's path and the facts the tests check against."""
+
+    path: Path
+    body_part: dict[str, str]  # fixture key -> body part of every radiograph annotated (one file each)
+    excluded: str  # the key of the one radiograph marked exclude
+    family_file: str  # the one file of the rotated family that was annotated (it annotates the whole family)
+    unmatched_rows: int  # rows whose sha256 is no file of the fixture
+    plain: set[str]  # keys of the radiographs annotated as plain radiographs (xray, no figure marks)
+
+
+def write_annotations(fx: Fixture, path: Path) -> FixtureAnnotations:
+    """Write an annotation table for the fixture: one row per independent radiograph outside the planted duplicates
+    (body parts `hand` and `knee` hold both classes, `spine` only fractured MRI figures), one file of the rotated
+    family (`wrist`), one radiograph marked exclude, and one row that matches no file."""
+    planted = {key for group in fx.planted_groups() for key in group} | set(fx.look_alikes) | set(fx.conflict)
+    singles = sorted(key for key in fx.good if key not in planted)
+    rows, body_part, plain = [], {}, set()
+    spines = [key for key in singles if fx.good[key] == "fractured"][:2]
+    excluded = [key for key in singles if fx.good[key] == "not_fractured"][-1]
+    for n, key in enumerate(singles):
+        part = "spine" if key in spines else "hand" if n % 2 else "knee"
+        modality, marks = ("mri", "text") if part == "spine" else ("xray", "arrow" if n % 5 == 0 else "")
+        rows.append([key, part, modality, marks, int(key == excluded), "not a radiograph" * (key == excluded)])
+        body_part[key] = part
+        if modality == "xray" and not marks:
+            plain.add(key)
+    family_file = sorted(fx.families[0])[1]
+    rows.append([family_file, "wrist", "xray", "", 0, "one file annotates its family"])
+    body_part[family_file], unmatched = "wrist", 1
+    text = ["sha256,file,body_part,modality,marks,exclude,note"]
+    text += [f"{hashlib.sha256(fx.disk(key).read_bytes()).hexdigest()},{Path(key).name},{part},{modality},{marks},"
+             f"{exclude},{note}" for key, part, modality, marks, exclude, note in rows]
+    text.append(f"{'0' * 64},missing.jpg,knee,xray,,0,a radiograph of another copy of the set")
+    path.write_text("\n".join(text) + "\n")
+    return FixtureAnnotations(path, body_part, excluded, family_file, unmatched, plain | {family_file})
