@@ -28,6 +28,7 @@ FIXTURE = build_fixture(WORK / "data", layout="archive")  # as the Kaggle archiv
 FIXTURE_BEFORE = snapshot(FIXTURE.folder)
 ANNOTATIONS = write_annotations(FIXTURE, WORK / "annotations.csv")  # body parts, an exclusion, an unmatched row
 OUTPUT = WORK / "output"
+RUN_ID = "fixture-run"  # the default run's folder in OUTPUT, named so that the tests find it
 
 # Small and fast: 2 folds, 2 epochs at 64x64 px.
 RUN_ENV = {
@@ -40,6 +41,7 @@ RUN_ENV = {
     "BONE_FRACTURE_BOOTSTRAP": "300",
     "BONE_FRACTURE_SEED": "7",
     "BONE_FRACTURE_ANNOTATIONS": str(ANNOTATIONS.path),
+    "BONE_FRACTURE_RUN_ID": RUN_ID,
 }
 
 
@@ -62,11 +64,12 @@ def execute_notebook(env: dict[str, str | None], timeout: int = 900, cwd: Path =
                      notebook: nbformat.NotebookNode | None = None) -> tuple[nbformat.NotebookNode, str | None]:
     """Run the notebook (or a variant of it) headless in `cwd` with extra environment variables (None unsets one).
 
-    Returns the executed notebook and the error name and message of the failing cell (or None).
+    Each run gets a folder of its own (BONE_FRACTURE_RUN_ID unset) unless `env` names one. Returns the executed
+    notebook and the error name and message of the failing cell (or None).
     """
     notebook = notebook or nbformat.read(NOTEBOOK, as_version=4)
     try:
-        with environment(env):  # the kernel inherits this process's environment
+        with environment({"BONE_FRACTURE_RUN_ID": None, **env}):  # the kernel inherits this process's environment
             NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                            resources={"metadata": {"path": str(cwd)}}).execute()
         error = None
@@ -87,13 +90,32 @@ def annotations():
     return ANNOTATIONS
 
 
+def failing_run(env: dict[str, str | None]) -> str:
+    """Run the notebook expecting a DataError; return its one rendered message (no traceback wall)."""
+    notebook, error = execute_notebook(env, timeout=300)
+    assert error is not None and error.startswith("DataError"), error
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
+               if o.output_type == "error"]
+    assert len(outputs) == 1
+    rendered = "\n".join(outputs[0]["traceback"])
+    assert "Traceback" not in rendered and len(rendered.splitlines()) < 20
+    return rendered
+
+
+def run_folder(output: Path) -> Path:
+    """The one run folder a single run wrote in `output` (what `latest` points at)."""
+    latest = output / "latest"
+    assert latest.is_symlink(), sorted(p.name for p in output.iterdir())
+    return output / os.readlink(latest)
+
+
 @pytest.fixture(scope="session")
 def notebook_run():
-    """The output folder of the default (grouped) run on the fixture: nbval's, or one made here."""
-    if not (OUTPUT / "model_card.md").exists():
-        _, error = execute_notebook({})
+    """The run folder of the default (grouped) run on the fixture: nbval's, or one made here."""
+    if not (OUTPUT / RUN_ID / "model_card.md").exists():
+        _, error = execute_notebook({"BONE_FRACTURE_RUN_ID": RUN_ID})
         assert error is None, error
-    return OUTPUT
+    return OUTPUT / RUN_ID
 
 
 @pytest.fixture(scope="session")

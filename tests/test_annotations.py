@@ -1,0 +1,177 @@
+"""Annotations in, stratified figures out: what a person saw in each radiograph (body part, modality, marks), the
+checks of a bad table, and the body-part figures the default run on the fixture reports."""
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import failing_run
+from fixture_data import build_fixture
+from nbhelpers import notebook_namespace
+
+HEADER = "sha256,file,body_part,modality,marks,exclude,note"
+SHA = "a" * 64
+
+
+@pytest.fixture(scope="module")
+def nb(tmp_path_factory):
+    return notebook_namespace(64, tmp_path_factory.mktemp("annotations"))
+
+
+@pytest.fixture(scope="module")
+def radiographs(notebook_run):
+    return pd.read_csv(notebook_run / "radiographs.csv", keep_default_na=False)
+
+
+@pytest.fixture(scope="module")
+def index(notebook_run):
+    return pd.read_csv(notebook_run / "index.csv", keep_default_na=False)
+
+
+def group_of(index, fixture, key):
+    return int(index.loc[index["path"] == str(fixture.disk(key)), "group"].iloc[0])
+
+
+def write(tmp_path, *rows, header=HEADER):
+    path = tmp_path / "annotations.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(("row", "said"), [
+    (f"{SHA[:63]},a.jpg,hand,xray,,0,", "is not 64 hexadecimal digits"),
+    (f"{SHA},a.jpg,hand,x-ray,,0,", "modality 'x-ray' is not one of xray, ct, mri, other"),
+    (f"{SHA},a.jpg,hand,xray,arrow+circle,0,", "marks 'circle' not among arrow, text, panels, hardware"),
+    (f"{SHA},a.jpg,hand,xray,,yes,", "exclude 'yes' is not 0 or 1"),
+])
+def test_a_bad_row_is_named_by_its_line_before_anything_is_read(nb, tmp_path, row, said):
+    path = write(tmp_path, f"{'b' * 64},b.jpg,knee,xray,,0,", row)
+    with pytest.raises(nb["DataError"]) as error:
+        nb["read_annotations"](path)
+    lines = str(error.value).splitlines()
+    assert len(lines) == 2 and lines[1].startswith("line 3: ") and said in lines[1]  # one problem, named by line
+
+
+def test_an_unknown_column_and_two_rows_that_disagree_about_one_file_are_refused(nb, tmp_path):
+    with pytest.raises(nb["DataError"]) as unknown:
+        nb["read_annotations"](write(tmp_path, f"{SHA},hand", header="sha256,bodypart"))
+    assert "unknown column(s) 'bodypart'" in str(unknown.value)
+    with pytest.raises(nb["DataError"]) as clash:
+        nb["read_annotations"](write(tmp_path, f"{SHA},a.jpg,hand,xray,,0,", f"{'c' * 64},c.jpg,knee,xray,,0,",
+                                     f"{SHA.upper()},a copy.jpg,wrist,xray,,0,"))
+    assert "lines 2, 4: sha256 aaaaaaaaaaaaaaaa... is annotated differently" in str(clash.value)
+
+
+def test_a_good_table_is_normalised_and_a_filled_in_radiographs_csv_is_read(nb, tmp_path):
+    table = nb["read_annotations"](write(tmp_path, f" {SHA.upper()} ,a.jpg, Hand ,XRAY,hardware+arrow,,note",
+                                         f"{SHA},a.jpg,hand,xray,arrow+hardware,0,the same again"))
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["sha256"], row["body_part"], row["modality"], row["marks"], row["exclude"]) == (
+        SHA, "hand", "xray", "arrow+hardware", 0)
+    columns = ",".join(nb["RADIOGRAPH_COLUMNS"])
+    filled = nb["read_annotations"](write(tmp_path, ",".join(
+        {"sha256": SHA, "body_part": "knee", "exclude": "1"}.get(c, "") for c in nb["RADIOGRAPH_COLUMNS"]),
+        header=columns))
+    assert filled.iloc[0]["body_part"] == "knee" and filled.iloc[0]["exclude"] == 1
+
+
+def test_a_missing_annotation_file_is_refused_unless_it_is_the_shipped_one(tmp_path):
+
+    with pytest.raises(Exception, match="BONE_FRACTURE_ANNOTATIONS='nowhere.csv' is not valid"):
+        notebook_namespace(64, tmp_path, ANNOTATIONS="nowhere.csv")
+    nb = notebook_namespace(64, tmp_path, ANNOTATIONS=None)
+    table, said = nb["load_annotations"](str(tmp_path / "annotations" / "fracture_multi_region.csv"))
+    assert table.empty and "is not beside the notebook" in said and "put annotations/" in said
+
+
+def test_copies_that_disagree_stop_the_run_before_training_naming_both_lines(tmp_path):
+    data = build_fixture(tmp_path / "data", with_odd_forms=False)
+    original, copy = next(sorted(pair) for pair, kind in data.dup_pairs.items() if kind == "near")
+    digest = {key: hashlib.sha256(data.disk(key).read_bytes()).hexdigest() for key in (original, copy)}
+    path = write(tmp_path, f"{digest[original]},a,knee,xray,,0,", f"{digest[copy]},b,foot,xray,,0,")
+    output = tmp_path / "out"
+    message = failing_run({"BONE_FRACTURE_DATA_DIR": str(data.folder), "BONE_FRACTURE_OUTPUT_DIR": str(output),
+                           "BONE_FRACTURE_ANNOTATIONS": str(path)})
+    assert "annotated differently by rows for copies of it" in message and "lines 2, 3" in message
+    assert not list(output.rglob("model.keras")) and not list(output.rglob("history.csv"))
+
+
+def test_radiographs_csv_has_one_row_per_group_with_its_annotation(radiographs, index, fixture, annotations):
+    assert sorted(radiographs["group"]) == sorted(index["group"].unique())
+    by_group = radiographs.set_index("group")
+    for key, part in annotations.body_part.items():
+        assert by_group.at[group_of(index, fixture, key), "body_part"] == part, key
+    family = {group_of(index, fixture, key) for key in fixture.families[0]}
+    assert len(family) == 1 and by_group.at[family.pop(), "body_part"] == "wrist"  # one file annotated them all
+    annotated = {group_of(index, fixture, key) for key in annotations.body_part}
+    assert (by_group.drop(index=list(annotated))["body_part"] == "").all()  # the others are left for a person
+    assert set(by_group.loc[list(annotated), "sha256"]) <= set(index["sha256"])
+
+
+def test_label_quality_comes_from_the_out_of_fold_probabilities(radiographs, index):
+    scored = radiographs[radiographs["p_fractured"] != ""].astype({"p_fractured": float, "label_quality": float})
+    assert len(scored) == index.loc[index["note"] == "", "group"].nunique()
+    given = np.where(scored["label"] == "fractured", scored["p_fractured"], 1 - scored["p_fractured"])
+    np.testing.assert_allclose(scored["label_quality"], given, atol=1e-6)  # cleanlab's self-confidence
+    assert set(scored["label_issue"].astype(str)) <= {"True", "False"}
+
+
+def test_the_excluded_radiograph_is_left_out_with_its_note(index, fixture, annotations, metrics):
+    row = index[index["path"] == str(fixture.disk(annotations.excluded))].iloc[0]
+    assert row["note"] == "excluded by annotation: not a radiograph" and row["fold"] == 0
+    found = metrics["annotations"]
+    assert found["groups_excluded"] == 1 and found["rows_matching_no_file"] == annotations.unmatched_rows
+    assert found["groups_annotated"] == len(annotations.body_part) and found["rows"] == len(annotations.body_part) + 1
+
+
+def test_body_parts_with_one_class_are_left_out_of_matching_and_said_so(metrics, radiographs):
+    scored = radiographs[(radiographs["p_fractured"] != "") & (radiographs["body_part"] != "")]
+    classes = scored.groupby("body_part")["label"].nunique()
+    anatomy = metrics["anatomy"]
+    assert sorted(anatomy["one_class_body_parts"]) == sorted(classes[classes == 1].index) and "spine" in classes.index
+    assert anatomy["views"]["body-part-matched"]["strata"] == (classes == 2).sum() >= 2
+    assert anatomy["views"]["body-part-matched"]["radiographs"] == scored["body_part"].isin(
+        classes[classes == 2].index).sum()
+
+
+def test_the_body_part_matched_figure_recomputes_from_radiographs_csv(metrics, radiographs):
+    scored = radiographs[(radiographs["p_fractured"] != "") & (radiographs["body_part"] != "")].astype(
+        {"p_fractured": float, "p_metadata": float})
+    aucs, weights = [], []
+    for _, part in scored.groupby("body_part"):
+        if part["label"].nunique() == 2:
+            y = part["label"] == "fractured"
+            ranks = part["p_fractured"].rank()
+            aucs.append((ranks[y].sum() - y.sum() * (y.sum() + 1) / 2) / (y.sum() * (~y).sum()))
+            weights.append(part["label"].value_counts().min())
+    view = metrics["anatomy"]["views"]["body-part-matched"]["cnn"]
+    assert view["roc_auc"] == pytest.approx(np.average(aucs, weights=weights))
+    low, high = view["ci95"]
+    assert 0 <= low <= high <= 1
+
+
+def test_plain_radiographs_are_the_xray_ones_without_figure_marks(metrics, index, fixture, annotations):
+    used = set(index.loc[index["note"] == "", "group"])
+    plain = {group_of(index, fixture, key) for key in annotations.plain} & used
+    assert metrics["anatomy"]["views"]["plain radiographs"]["radiographs"] == len(plain)
+
+
+def test_the_model_card_and_model_json_lead_with_the_matched_figures(notebook_run, metrics):
+    card = (notebook_run / "model_card.md").read_text()
+    findings = card.split("**What this run shows**", 1)[1]
+    assert findings.index("Where anatomy and source are the same") < findings.index("The number to beat")
+    assert "Inside body part" in findings and "one class only, left out: " in findings
+    contract = json.loads((notebook_run / "model.json").read_text())["evaluation"]
+    views = metrics["anatomy"]["views"]
+    assert contract["body_part_matched_roc_auc"] == views["body-part-matched"]["cnn"]["roc_auc"]
+
+
+def test_the_gallery_shows_every_radiograph_once_in_pages_per_class(notebook_run, radiographs):
+    for label, rows in radiographs.groupby("label"):
+        pages = sorted(p.name for p in notebook_run.glob(f"gallery_{label}_*.png"))
+        assert pages == [f"gallery_{label}_{n:02d}.png" for n in range(1, -(-len(rows) // 48) + 1)]
+    assert (notebook_run / "label_issues.png").stat().st_size > 10_000
+    assert (notebook_run / "body_part_roc_auc.png").stat().st_size > 10_000
