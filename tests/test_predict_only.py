@@ -60,7 +60,7 @@ def test_a_model_trained_at_96_px_predicts_with_no_size_or_fit_given(trained_at_
 
 def test_a_predict_only_run_writes_only_its_own_folder(trained_at_96, predict_only):
     assert snapshot(trained_at_96["folder"]) == predict_only["before"]  # the model and its run only read
-    assert sorted(p.name for p in predict_only["folder"].iterdir()) == ["predictions.csv", "predictions.png"]
+    assert sorted(p.name for p in predict_only["folder"].iterdir()) == ["predictions.csv", "predictions.png", "run.json"]
     output = trained_at_96["output"]
     assert {p.name for p in output.iterdir()} == {"cache", "latest", trained_at_96["folder"].name,
                                                   predict_only["folder"].name}

@@ -13,7 +13,7 @@ from fixture_data import build_fixture, snapshot
 FOREIGN = {"model.keras": b"a model from another project", "metrics.json": b'{"theirs": true}',
            "notes.txt": b"the user's notes"}
 WRITTEN = {"counts.csv", "corrupt_images.csv", "index.csv", "folds.csv", "history.csv", "test_predictions.csv",
-           "radiographs.csv", "model.keras", "model.json", "metrics.json", "model_card.md", "gradcam.png"}
+           "radiographs.csv", "model.keras", "model.json", "metrics.json", "model_card.md", "gradcam.png", "run.json"}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,7 @@ def test_two_runs_started_together_both_finish_in_folders_of_their_own_beside_fo
     for folder in folders:
         assert {p.name for p in folder.iterdir()} >= WRITTEN, folder
         assert json.loads((folder / "metrics.json").read_text())["run"] == folder.name
+        assert json.loads((folder / "run.json").read_text())["run"] == folder.name
     assert (output / "latest").is_symlink() and os.readlink(output / "latest") in {f.name for f in folders}
     assert {name: (output / name).read_bytes() for name in FOREIGN} == FOREIGN  # untouched
     assert sorted(p.name for p in output.iterdir()) == sorted([*FOREIGN, "cache", "latest", *(f.name for f in folders)])
@@ -58,7 +59,7 @@ def test_a_run_id_that_exists_stops_the_run_and_changes_nothing(small, tmp_path)
     before = snapshot(output)
     message = failing_run({**{k: v for k, v in quick_env(small, output).items() if k.startswith("BONE_FRACTURE_")},
                            "BONE_FRACTURE_RUN_ID": "mine"})
-    assert f"{output / 'mine'} exists already: every run needs a new folder" in message
+    assert f"{output / 'mine'} is not new: every run needs an empty folder of its own" in message
     assert snapshot(output) == before
 
 
