@@ -8,12 +8,12 @@ It generates N synthetic radiographs of realistic sizes (300-2,000 px, mixed mod
 temporary folder and measures, in one run:
 
 * ``integrity_img_per_s``: the notebook's ``inspect_image`` (verify, full decode, hashes, cache) on
-  ``WORKERS`` threads, and on one thread;
+  ``settings.workers`` threads, and on one thread;
 * ``pipeline_img_per_s``: augmented training batches from the notebook's ``XrayBatches``, built on
-  ``WORKERS`` threads as Keras does, and on one;
+  ``settings.workers`` threads as Keras does, and on one;
 * ``model_train_img_per_s`` and ``inference_img_per_s`` of the notebook's own ``build_model`` (training
   steps on in-memory batches), and ``fit_img_per_s``: ``model.fit`` on the augmenting batches, end to
-  end, with ``WORKERS`` threads building batches and with one;
+  end, with ``settings.workers`` threads building batches and with one;
 * ``reference_train_img_per_s`` of a seed-style CNN (three Conv 32/64/128 + MaxPool + BatchNorm blocks,
   Flatten, Dense 128, Dropout, Dense 2 softmax), on the same input;
 * with ``--accuracy-epochs E``, both models trained E epochs on the generated images through the
@@ -23,7 +23,9 @@ temporary folder and measures, in one run:
   the Kaggle set (91 % rotated 224x224 copies of few sources, with black corners).
 
 The notebook's functions are taken from the notebook itself (its ``parameters``, ``setup`` and
-``definitions`` cells, see ``nbhelpers.py``). Each figure is the median of ``--repeats`` timed repeats after a warm-up.
+``definitions`` cells, see ``nbhelpers.py``) and given what they use as arguments, from the notebook's checked
+``settings`` (its defaults, or the ``BONE_FRACTURE_*`` variables set) with ``--img-size`` and ``--batch-size``.
+Each figure is the median of ``--repeats`` timed repeats after a warm-up.
 """
 
 from __future__ import annotations
@@ -117,33 +119,34 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bone-fracture-benchmark-"))
     ns = notebook_namespace(args.img_size, work / "output")
+    settings = ns["settings"]
     import pandas as pd
     import tensorflow as tf
 
     print(f"Generating {args.images} images in {work} ...", flush=True)
     files = generate_images(work / "images", args.images, seed=0)
     paths = [str(p) for p, _ in files]
-    workers = ns["WORKERS"]
+    workers = settings.workers
     result: dict = {"images": args.images, "img_size": args.img_size, "batch_size": args.batch_size,
                     "workers": workers, "repeats": args.repeats}
 
     def integrity(threads: int) -> float:
         def run() -> None:
-            ns["CACHE"] = Path(tempfile.mkdtemp(dir=work))  # fresh cache: every repeat writes every copy
+            cache = Path(tempfile.mkdtemp(dir=work))  # fresh cache: every repeat writes every copy
             with ThreadPoolExecutor(threads) as pool:
-                records = list(pool.map(ns["inspect_image"], paths))
+                records = list(pool.map(lambda path: ns["inspect_image"](path, settings, cache), paths))
             assert all(r["reason"] is None for r in records), [r for r in records if r["reason"]][:1]
         return args.images / timed(run, args.repeats)
 
     result["integrity_img_per_s"] = integrity(workers)
     result["integrity_1_thread_img_per_s"] = integrity(1)
 
-    records = [ns["inspect_image"](p) for p in paths]
-    frame = pd.DataFrame({"cache": [r["cache"] for r in records], "label": [label for _, label in files]})
+    records = [ns["inspect_image"](p, settings, work / "cache") for p in paths]
+    frame = pd.DataFrame({"cache": [r["cache"] for r in records], "label": [label for _, label in files],
+                          "group": range(len(records))})  # every generated image a radiograph of its own
 
     def training_batches(threads: int):
-        ns["WORKERS"] = threads  # XrayBatches builds batches on WORKERS threads
-        return ns["XrayBatches"](frame, args.batch_size, augment=True)
+        return ns["XrayBatches"](frame, args.batch_size, threads, augment=True)  # batches built on `threads`
 
     def pipeline(threads: int) -> float:
         batches = training_batches(threads)
@@ -166,7 +169,7 @@ def main() -> None:
                 model.train_on_batch(x, y)
         return args.train_batches * args.batch_size / timed(run, args.repeats)
 
-    model = ns["compiled"](ns["build_model"](args.img_size), steps_per_epoch=max(1, args.train_batches))
+    model = ns["compiled"](ns["build_model"](args.img_size), max(1, args.train_batches), 1, settings.learning_rate)
     reference = reference_model(args.img_size)
     result["model_parameters"] = int(model.count_params())
     result["reference_parameters"] = int(reference.count_params())
@@ -182,7 +185,6 @@ def main() -> None:
 
     result["fit_img_per_s"] = fit_speed(workers)  # end to end: augmenting pipeline and training together
     result["fit_1_worker_img_per_s"] = fit_speed(1)
-    ns["WORKERS"] = workers
     if args.audit_images:
         result.update(audit_speed(ns, work / "rotated", args.audit_images))
 
@@ -203,14 +205,17 @@ def compare_accuracy(ns: dict, frame, args) -> dict:
     """Train both models on the same generated images with the notebook's pipeline; best val accuracy."""
     import keras
 
+    settings = ns["settings"]
     shuffled = frame.sample(frac=1, random_state=0).reset_index(drop=True)
     cut = int(len(shuffled) * 0.75)
+    steps = max(1, -(-cut // args.batch_size))
     outcome = {}
-    for name, build in [("model", lambda: ns["compiled"](ns["build_model"](args.img_size), len(frame) // 4)),
+    for name, build in [("model", lambda: ns["compiled"](ns["build_model"](args.img_size), steps, args.accuracy_epochs,
+                                                        settings.learning_rate)),
                         ("reference", lambda: reference_model(args.img_size))]:
         keras.utils.set_random_seed(0)
-        train = ns["XrayBatches"](shuffled[:cut], args.batch_size, augment=True)
-        val = ns["XrayBatches"](shuffled[cut:], args.batch_size)
+        train = ns["XrayBatches"](shuffled[:cut], args.batch_size, settings.workers, augment=True)
+        val = ns["XrayBatches"](shuffled[cut:], args.batch_size, settings.workers)
         network = build()
         start = time.perf_counter()
         history = network.fit(train, validation_data=val, epochs=args.accuracy_epochs, verbose=0)
@@ -248,15 +253,16 @@ def audit_speed(ns: dict, folder: Path, count: int) -> dict:
     """Time the notebook's integrity check and duplicate audit (candidates, verification, groups) end to end."""
     import pandas as pd
 
+    settings, cache = ns["settings"], folder / "cache"
     paths = [str(p) for p in generate_rotated_set(folder, count, seed=1)]
     start = time.perf_counter()
-    with ThreadPoolExecutor(ns["WORKERS"]) as pool:
-        records = list(pool.map(ns["inspect_image"], paths))
+    with ThreadPoolExecutor(settings.workers) as pool:
+        records = list(pool.map(lambda path: ns["inspect_image"](path, settings, cache), paths))
     good = pd.DataFrame(records).assign(original_split="train", label="fractured")
     checked = time.perf_counter()
     distinct = good.drop_duplicates("sha1").reset_index(drop=True)
-    verified = ns["verified_candidates"](distinct, ns["NEAR_DUP_CANDIDATES"])
-    linked = verified[verified["similarity"] >= ns["NEAR_DUP_SIMILARITY"]]
+    verified = ns["verified_candidates"](distinct, settings.near_dup_candidates)
+    linked = verified[verified["similarity"] >= settings.near_dup_similarity]
     groups = ns["duplicate_groups"](good, ns["duplicate_pairs"](good, distinct, linked))
     done = time.perf_counter()
     planted = max(1, count // 100) + count - int(count * 0.91)  # sources, plus originals without copies

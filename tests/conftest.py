@@ -64,12 +64,14 @@ def execute_notebook(env: dict[str, str | None], timeout: int = 900, cwd: Path =
                      notebook: nbformat.NotebookNode | None = None) -> tuple[nbformat.NotebookNode, str | None]:
     """Run the notebook (or a variant of it) headless in `cwd` with extra environment variables (None unsets one).
 
-    Each run gets a folder of its own (BONE_FRACTURE_RUN_ID unset) unless `env` names one. Returns the executed
+    Each run gets a folder of its own (BONE_FRACTURE_RUN_ID unset) unless `env` names one, and one seed unless
+    `env` says otherwise (the default run's two seeds exercise the repetition already). Returns the executed
     notebook and the error name and message of the failing cell (or None).
     """
     notebook = notebook or nbformat.read(NOTEBOOK, as_version=4)
     try:
-        with environment({"BONE_FRACTURE_RUN_ID": None, **env}):  # the kernel inherits this process's environment
+        # the kernel inherits this process's environment
+        with environment({"BONE_FRACTURE_RUN_ID": None, "BONE_FRACTURE_SEEDS": "7", **env}):
             NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                            resources={"metadata": {"path": str(cwd)}}).execute()
         error = None

@@ -27,7 +27,7 @@ def backbone_run(tmp_path_factory):
                                  "BONE_FRACTURE_BACKBONE_WEIGHTS": str(weights), "BONE_FRACTURE_IMG_SIZE": "32",
                                  "BONE_FRACTURE_FOLDS": "1", "BONE_FRACTURE_EPOCHS": "1", "BONE_FRACTURE_VIEWS": "1",
                                  "BONE_FRACTURE_TTA": "0",
-                                 "BONE_FRACTURE_BOOTSTRAP": "100", "BONE_FRACTURE_ANNOTATIONS": "",
+                                 "BONE_FRACTURE_BOOTSTRAP": "100", "BONE_FRACTURE_ANNOTATIONS": "none",
                                  "BONE_FRACTURE_PREDICT": ",".join(images)}, timeout=900)
     assert error is None, error
     return {"folder": run_folder(output), "output": output, "images": images, "weights": weights}

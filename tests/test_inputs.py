@@ -1,5 +1,7 @@
 """Real-world inputs: odd but valid image forms load correctly; odd entries are reported, never fatal."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,9 +21,12 @@ def index(notebook_run, fixture):
 
 
 @pytest.mark.parametrize("rel", ODD_GOOD)
-def test_odd_but_valid_images_are_good(index, rel):
+def test_odd_but_valid_images_are_good(index, rel, metrics, notebook_run):
     assert rel in index.index
-    assert Image.open(index.at[rel, "cache"]).size == (64, 64)
+    size = metrics["parameters"]["img_size"]
+    cache = index.at[rel, "cache"]
+    assert Image.open(cache).size == (size, size)
+    assert Path(cache).parent.parent == notebook_run.parent / "cache"  # shared by runs, outside the run's folder
 
 
 def test_formats_and_modes_are_recorded(index):
@@ -40,8 +45,8 @@ def nb(tmp_path_factory):
 
 def generator_batch(nb, cache_path):
     """Load one cached image through the notebook's own batches, as training and evaluation read it."""
-    frame = pd.DataFrame({"cache": [cache_path], "label": ["fractured"]})
-    return nb["XrayBatches"](frame, 1)[0][0][0, ..., 0]
+    frame = pd.DataFrame({"cache": [cache_path], "label": ["fractured"], "group": [0]})
+    return nb["XrayBatches"](frame, 1, 1)[0][0][0, ..., 0]
 
 
 def test_sixteen_bit_image_reaches_the_generator_with_its_contrast(nb, index):
@@ -50,11 +55,12 @@ def test_sixteen_bit_image_reaches_the_generator_with_its_contrast(nb, index):
     assert 0.1 < pixels.mean() < 0.8 and pixels.std() > 0.08  # neither clipped to white nor crushed to black
 
 
-def test_exif_rotated_image_is_trained_upright(nb, index, fixture):
+def test_exif_rotated_image_is_trained_upright(nb, index, fixture, metrics):
     cached = np.asarray(Image.open(index.at["train/fractured/exif_rotated.jpg", "cache"]), dtype=float)
+    size, fit = metrics["parameters"]["img_size"], metrics["parameters"]["fit"]  # as the run fitted its images
 
     def model_input(pixels):  # through the notebook's own resize
-        return np.asarray(nb["to_model_size"](Image.fromarray(pixels)), float)
+        return np.asarray(nb["to_model_size"](Image.fromarray(pixels), size, fit), float)
 
     upright = model_input(fixture.exif_upright)
     stored = model_input(np.rot90(fixture.exif_upright).copy())

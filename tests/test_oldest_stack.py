@@ -1,19 +1,22 @@
-"""The notebook on the oldest stack it supports (what Kaggle and Colab preinstall), as CI runs it.
+"""The notebook on the oldest stack it supports (what Kaggle and Colab preinstall), as CI runs it, and its first
+cells' check of that stack.
 
-`requirements-oldest.txt` pins those versions. This test builds that environment once in `.venv-oldest/`
+`requirements-oldest.txt` pins those versions. One test builds that environment once in `.venv-oldest/`
 (a no-op when it is already installed) and executes the whole notebook there on a small fixture.
 """
 
+import ast
+import importlib.metadata
 import json
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-import nbformat
-from conftest import NOTEBOOK, ROOT
+import pytest
+from conftest import NOTEBOOK, ROOT, run_folder
 from fixture_data import build_fixture
+from nbhelpers import cells_through, code_cells, defining
 
 OLDEST = ROOT / "requirements-oldest.txt"
 VENV = ROOT / ".venv-oldest"
@@ -24,10 +27,37 @@ def pins():
     return dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", OLDEST.read_text(), flags=re.M))
 
 
+def oldest_supported():
+    """The notebook's OLDEST_SUPPORTED table, read from the cell that defines it."""
+    cell = code_cells()[defining("OLDEST_SUPPORTED")]
+    (value,) = [node.value for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "OLDEST_SUPPORTED" for t in node.targets)]
+    return ast.literal_eval(value)
+
+
+def version_check(versions, missing=()):
+    """Run the notebook's cells up to its version check with importlib.metadata reporting `versions` (and `missing`
+    packages as not installed); return the error the notebook would show, or None."""
+    real = importlib.metadata.version
+
+    def version(name):
+        if name in missing:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return versions.get(name) or real(name)
+
+    namespace = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(importlib.metadata, "version", version)
+        try:
+            for cell in cells_through("too_old"):
+                exec(compile(cell.source, "<cell>", "exec"), namespace)
+        except Exception as error:  # the error the notebook would show
+            return error
+    return None
+
+
 def test_the_oldest_supported_versions_are_the_ones_the_notebook_checks():
-    first = next(c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code")
-    literal = first.source.split("OLDEST_SUPPORTED = ", 1)[1].split("}")[0]
-    checked = dict(re.findall(r'"([a-z-]+)": "([\d.]+)"', literal))
+    checked = oldest_supported()
     pinned = pins()
     for name, oldest in checked.items():
         if name != "python":
@@ -35,6 +65,34 @@ def test_the_oldest_supported_versions_are_the_ones_the_notebook_checks():
     assert set(checked) - {"python"} <= set(pinned)
     requires = re.search(r'requires-python = ">=([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
     assert requires == checked["python"]
+
+
+def test_an_older_stack_is_named_with_what_to_do():
+    error = version_check({"tensorflow": "2.15.1", "keras": "2.15.0"})
+    message = str(error)
+    assert type(error).__name__ == "DataError", error
+    assert "tensorflow 2.15.1 (needs 2.19 or newer)" in message and "keras 2.15.0 (needs 3.10 or newer)" in message
+    assert "Kaggle" in message and "Colab" in message and "numpy" not in message
+    assert version_check({}) is None  # this environment is supported: the check passes
+    oldest = {name: version for name, version in oldest_supported().items() if name != "python"}
+    assert version_check(oldest) is None  # exactly the oldest versions pass too
+
+
+def test_a_stack_without_a_package_the_notebook_does_not_import_is_not_refused():
+    """A hosted runtime may lack a package the notebook never imports: the version check must not refuse it."""
+    imported = set()
+    for cell in code_cells():
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+    distributions = {"scikit-learn": "sklearn", "pillow": "PIL"}
+    unused = [name for name in oldest_supported() if name != "python"
+              and distributions.get(name, name) not in imported]
+    for name in unused:
+        assert version_check({}, missing=[name]) is None, f"{name} is checked but never imported"
+    assert unused == [], f"the version check demands {unused}, which the notebook never imports"
 
 
 def test_the_notebook_runs_on_the_oldest_supported_stack(tmp_path):
@@ -50,14 +108,17 @@ def test_the_notebook_runs_on_the_oldest_supported_stack(tmp_path):
     assert versions == [pins()[name] for name in ("tensorflow", "keras", "numpy", "pandas")]
     data = build_fixture(tmp_path / "data", with_odd_forms=True, layout="archive")
     output = tmp_path / "out"
-    env = {**os.environ, "BONE_FRACTURE_DATA_DIR": str(data.folder), "BONE_FRACTURE_OUTPUT_DIR": str(output),
-           "BONE_FRACTURE_FOLDS": "2", "BONE_FRACTURE_EPOCHS": "1", "BONE_FRACTURE_IMG_SIZE": "64",
-           "BONE_FRACTURE_BATCH_SIZE": "8", "BONE_FRACTURE_BOOTSTRAP": "200"}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BONE_FRACTURE_")}
+    env.update({"BONE_FRACTURE_DATA_DIR": str(data.folder), "BONE_FRACTURE_OUTPUT_DIR": str(output),
+                "BONE_FRACTURE_FOLDS": "2", "BONE_FRACTURE_EPOCHS": "1", "BONE_FRACTURE_IMG_SIZE": "64",
+                "BONE_FRACTURE_BATCH_SIZE": "8", "BONE_FRACTURE_BOOTSTRAP": "200", "BONE_FRACTURE_SEEDS": "7"})
     run = subprocess.run([str(VENV / "bin" / "jupyter"), "nbconvert", "--to", "html", "--execute", str(NOTEBOOK),
-                          "--ExecutePreprocessor.timeout=-1", "--output-dir", str(output)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=1200)
+                          "--ExecutePreprocessor.timeout=-1", "--output-dir", str(tmp_path / "html")], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
-    metrics = json.loads((output / "metrics.json").read_text())
-    assert metrics["versions"]["tensorflow"] == pins()["tensorflow"]
-    assert metrics["test"]["per_radiograph"]["cnn"]["n"] > 0 and (output / "model.keras").exists()
-    assert Path(output / "bone_fracture_classifier.html").stat().st_size > 100_000
+    folder = run_folder(output)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["versions"]["tensorflow"] == pins()["tensorflow"] and metrics["run"] == folder.name
+    assert metrics["test"]["per_radiograph"]["cnn"]["n"] > 0 and (folder / "model.keras").exists()
+    assert (folder / "radiographs.csv").exists() and (folder / "model_card.md").exists()
+    assert (tmp_path / "html" / "bone_fracture_classifier.html").stat().st_size > 100_000

@@ -25,7 +25,7 @@ def trained_at_96(tmp_path_factory):
     _, error = execute_notebook({"BONE_FRACTURE_DATA_DIR": str(data.folder), "BONE_FRACTURE_OUTPUT_DIR": str(output),
                                  "BONE_FRACTURE_IMG_SIZE": "96", "BONE_FRACTURE_FIT": "pad",
                                  "BONE_FRACTURE_FOLDS": "2", "BONE_FRACTURE_EPOCHS": "1",
-                                 "BONE_FRACTURE_BOOTSTRAP": "100", "BONE_FRACTURE_ANNOTATIONS": "",
+                                 "BONE_FRACTURE_BOOTSTRAP": "100", "BONE_FRACTURE_ANNOTATIONS": "none",
                                  "BONE_FRACTURE_PREDICT": ",".join(images)}, timeout=600)
     assert error is None, error
     return {"folder": run_folder(output), "output": output, "images": images, "data": data}
@@ -60,7 +60,8 @@ def test_a_model_trained_at_96_px_predicts_with_no_size_or_fit_given(trained_at_
 
 def test_a_predict_only_run_writes_only_its_own_folder(trained_at_96, predict_only):
     assert snapshot(trained_at_96["folder"]) == predict_only["before"]  # the model and its run only read
-    assert sorted(p.name for p in predict_only["folder"].iterdir()) == ["predictions.csv", "predictions.png", "run.json"]
+    written = sorted(p.name for p in predict_only["folder"].iterdir())
+    assert written == ["predictions.csv", "predictions.png", "run.json"]
     output = trained_at_96["output"]
     assert {p.name for p in output.iterdir()} == {"cache", "latest", trained_at_96["folder"].name,
                                                   predict_only["folder"].name}

@@ -1,6 +1,8 @@
-"""What the default (grouped) run on the fixture wrote: reports, model, metrics, figures."""
+"""What the default (grouped) run on the fixture wrote in its run folder: reports, model, metrics, figures."""
 
+import fnmatch
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -11,7 +13,15 @@ CLASSES = ["fractured", "not_fractured"]
 
 FIGURES = ["class_distribution", "sample_images", "near_duplicate_similarity", "duplicate_pairs",
            "augmentation_examples", "training_curves", "confusion_matrix", "roc_pr_calibration", "gradcam",
-           "predictions"]
+           "body_part_roc_auc", "label_issues", "gallery_fractured_01", "gallery_not_fractured_01"]
+ONLY_WITH_PREDICT = {"predictions.csv", "predictions.png"}  # checked on the published run, which sets PREDICT
+
+
+def p_fractured(model, pixels, tta):
+    """A model's probability of `fractured` for a batch of model inputs: with `tta`, the mean over the images and
+    their flips left-right, up-down and both (as model.json's `test_time_augmentation` says)."""
+    views = [pixels, pixels[:, :, ::-1], pixels[:, ::-1], pixels[:, ::-1, ::-1]] if tta else [pixels]
+    return np.mean([np.asarray(model(view, training=False))[:, CLASSES.index("fractured")] for view in views], axis=0)
 
 
 def test_corrupt_report_lists_exactly_the_planted_bad_files(notebook_run, fixture):
@@ -101,38 +111,53 @@ def test_figures_are_saved_as_non_empty_pngs(notebook_run, name):
         assert np.asarray(image.convert("L")).std() > 5  # not blank
 
 
-def test_saved_model_is_the_average_of_the_fold_models_and_reproduces_the_predictions(notebook_run):
+def test_saved_model_is_the_average_of_the_fold_models_that_made_the_out_of_fold_predictions(notebook_run, metrics):
     import keras
 
     model = keras.models.load_model(notebook_run / "model.keras")
-    members = [layer for layer in model.layers if isinstance(layer, keras.Sequential)]
-    assert len(members) == 2
-    batch = np.random.default_rng(0).random((3, 64, 64, 1), dtype=np.float32) * 255
+    members = {layer.name: layer for layer in model.layers if isinstance(layer, keras.Sequential)}
+    assert sorted(members) == ["fold_1", "fold_2"]
+    size = metrics["parameters"]["img_size"]
+    batch = np.random.default_rng(0).random((3, size, size, 1), dtype=np.float32) * 255
     predictions = np.asarray(model(batch, training=False))
     assert predictions.shape == (3, 2)
     assert np.allclose(predictions.sum(axis=1), 1, atol=1e-5)
-    mean = np.mean([np.asarray(member(batch, training=False)) for member in members], axis=0)
+    mean = np.mean([np.asarray(member(batch, training=False)) for member in members.values()], axis=0)
     np.testing.assert_allclose(predictions, mean, atol=1e-6)
-    saved = pd.read_csv(notebook_run / "predictions.csv", keep_default_na=False)  # the notebook's own calls
+    oof = pd.read_csv(notebook_run / "test_predictions.csv")  # each fold model scored its own test part
     index = pd.read_csv(notebook_run / "index.csv").set_index("path")
-    pixels = np.stack([np.asarray(Image.open(index.at[path, "cache"]), np.float32)[..., None]  # 0-255: scaled inside
-                       for path in saved["path"]])
-    np.testing.assert_allclose(np.asarray(model(pixels, training=False))[:, 0], saved["p_fractured"], atol=1e-5)
+    tta = json.loads((notebook_run / "model.json").read_text())["test_time_augmentation"]
+    assert tta == metrics["parameters"]["tta"]
+    for k, part in oof.groupby("fold"):
+        pixels = np.stack([np.asarray(Image.open(index.at[path, "cache"]), np.float32)[..., None]  # 0-255, as fed
+                           for path in part["path"]])
+        np.testing.assert_allclose(p_fractured(members[f"fold_{k}"], pixels, tta), part["p_fractured"], atol=1e-5)
+        if tta:  # the flips change the figures: the test would see a model scored without them
+            assert not np.allclose(p_fractured(members[f"fold_{k}"], pixels, False), part["p_fractured"], atol=1e-5)
 
 
 def test_the_model_carries_its_contract(notebook_run, metrics):
     contract = json.loads((notebook_run / "model.json").read_text())
-    test = metrics["test"]
+    test, parameters = metrics["test"], metrics["parameters"]
     assert contract["classes"] == CLASSES and contract["positive_class"] == "fractured"
-    assert contract["image_size"] == 64 == metrics["parameters"]["img_size"]
-    assert contract["threshold"] == test["threshold"] and contract["target_sensitivity"] == 0.95
-    assert contract["gradcam_layer"] == "last_conv" and contract["members"] == 2
+    assert contract["image_size"] == parameters["img_size"] and contract["fit"] == parameters["fit"]
+    assert contract["input"] == f"float32 (batch, {parameters['img_size']}, {parameters['img_size']}, 1)"
+    assert contract["threshold"] == test["threshold"]
+    assert contract["target_sensitivity"] == test["target_sensitivity"] == parameters["target_sensitivity"]
+    assert contract["gradcam_layer"] == "last_conv" and contract["members"] == parameters["folds"]
+    assert contract["test_time_augmentation"] == parameters["tta"]
+    assert contract["backbone"] == (parameters["backbone"] or "sequential cnn")
     assert contract["evaluation"]["roc_auc"] == test["per_radiograph"]["cnn"]["roc_auc"]
+    assert contract["evaluation"]["radiographs"] == test["per_radiograph"]["cnn"]["n"]
+    assert "out of fold" in contract["evaluation"]["scope"]
     assert contract["notebook_version"] == metrics["notebook_version"] and contract["run"] == metrics["run"]
+    assert contract["run"] == notebook_run.name and contract["parameters"] == parameters
     assert any("EXIF" in step for step in contract["preprocessing"])
-    saved = pd.read_csv(notebook_run / "predictions.csv", keep_default_na=False)
-    expected = np.where(saved["p_fractured"] >= contract["threshold"], "fractured", "not_fractured")
-    assert (saved["decision"] == expected).all()  # new images are called by the model's own threshold
+
+
+def test_a_training_run_without_predict_classifies_nothing_else(notebook_run, metrics):
+    assert metrics["parameters"]["predict"] == ""
+    assert not any((notebook_run / name).exists() for name in ONLY_WITH_PREDICT)
 
 
 def test_per_radiograph_metrics_count_each_duplicate_group_once(notebook_run, metrics):
@@ -175,16 +200,11 @@ def test_per_fold_figures_recompute_from_the_predictions(notebook_run, metrics):
         assert fold["roc_auc"] == pytest.approx(roc_auc_score(run["label"] == "fractured", run["p"]))
 
 
-def test_metrics_json_records_every_parameter_versions_and_the_documented_keys(metrics):
-    import re
+def test_metrics_json_records_every_parameter_versions_and_the_documented_keys(notebook_run, metrics):
+    from nbhelpers import parameter_names
 
-    import nbformat
-    from conftest import NOTEBOOK
-
-    source = next(c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells
-                  if "parameters" in c.metadata.get("tags", []))
-    knobs = {name.lower() for name in re.findall(r"^([A-Z_]+) = env\(", source, flags=re.M)}
-    assert set(metrics["parameters"]) == knobs
+    assert set(metrics["parameters"]) == {name.lower() for name in parameter_names()}
+    assert metrics["parameters"]["run_id"] == metrics["run"] == notebook_run.name
     assert {"python", "tensorflow", "keras"} <= set(metrics["versions"])
     assert metrics["split"] == "grouped"
     for unit in ("per_radiograph", "per_image"):
@@ -196,20 +216,36 @@ def test_metrics_json_records_every_parameter_versions_and_the_documented_keys(m
         assert key in metrics["audit"], key
     assert {"strata", "radiographs", "cnn", "metadata", "added_information"} <= set(metrics["beyond_source"])
     assert set(metrics["cv"]) == {"unit", "folds", "mean", "std"}
+    assert metrics["seeds"]["seeds"] == metrics["parameters"]["seeds"] and len(metrics["seeds"]["seeds"]) >= 2
+    for row in metrics["seeds"]["figures"]:  # each headline figure per seed, with its mean and range
+        values = [row[f"seed {seed}"] for seed in metrics["seeds"]["seeds"]]
+        assert row["mean"] == pytest.approx(np.mean(values), abs=1e-5)
+        assert row["range"] == pytest.approx(max(values) - min(values), abs=1e-5)
+    first = {(row["view"], row["model"]): row[f"seed {metrics['parameters']['seeds'][0]}"]
+             for row in metrics["seeds"]["figures"]}
+    assert first["all radiographs", "cnn"] == pytest.approx(metrics["test"]["per_radiograph"]["cnn"]["roc_auc"],
+                                                            abs=1e-5)  # the first seed is the run shown in full
+    assert {"views", "body_parts", "one_class_body_parts"} <= set(metrics["anatomy"])
+    assert metrics["anatomy"]["views"]["all radiographs"]["cnn"]["roc_auc"] == pytest.approx(
+        metrics["test"]["per_radiograph"]["cnn"]["roc_auc"])  # the same radiographs, the same figure
     json.dumps(metrics)  # round-trips
 
 
-def test_every_output_the_readme_lists_is_written(notebook_run):
-    import re
-
+def documented_outputs():
+    """The file names in the first column of the table in docs/outputs.md, `<...>` placeholders as `*`."""
     from conftest import ROOT
 
-    table = (ROOT / "README.md").read_text().split("## Outputs", 1)[1].split("\n## ", 1)[0]
-    first_cells = re.findall(r"^\| ([^|]+) \|", table, flags=re.M)
-    listed = {name for cell in first_cells for name in re.findall(r"`([^`]+)`", cell)}
-    listed -= {"bone_fracture_classifier.html", "bone_fracture_predictions.html"}  # written by the README's commands
-    assert len(listed) >= 20
-    for name in sorted(listed):
-        assert any(notebook_run.glob(name.rstrip("/").replace("<key>", "*"))), name
-    written = {p.name for p in notebook_run.iterdir()}
-    assert written <= {n.split("/")[0] for n in listed}, written - listed  # nothing unlisted
+    text = (ROOT / "docs" / "outputs.md").read_text()
+    first_cells = re.findall(r"^\| ([^|]+) \|", text, flags=re.M)
+    names = {name for cell in first_cells for name in re.findall(r"`([^`]+)`", cell)}
+    return {re.sub(r"<[^>]+>", "*", name) for name in names}
+
+
+def test_every_output_docs_outputs_md_lists_is_written_and_nothing_else(notebook_run):
+    listed = documented_outputs()
+    reports = {name for name in listed if name.endswith(".html")}  # written by the README's command, not the notebook
+    assert len(listed - reports) >= 20
+    for name in sorted(listed - reports - ONLY_WITH_PREDICT):
+        assert list(notebook_run.glob(name)), name
+    unlisted = [p.name for p in notebook_run.iterdir() if not any(fnmatch.fnmatch(p.name, name) for name in listed)]
+    assert unlisted == []  # nothing the table does not list

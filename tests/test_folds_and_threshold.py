@@ -1,0 +1,142 @@
+"""Splitting and deciding: grouped folds and the single split keep duplicate groups whole, the loss weights balance
+groups and classes as the settings say, and the threshold is the highest reaching the target sensitivity.
+
+The notebook's parameters, setup and definitions cells are executed (see nbhelpers.py), so these tests exercise the
+same functions the notebook runs, not copies. The threshold the fixture run chose is checked in test_audit.py.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+from nbhelpers import notebook_namespace
+
+
+@pytest.fixture(scope="module")
+def nb(tmp_path_factory):
+    return notebook_namespace(64, tmp_path_factory.mktemp("folds"))
+
+
+def grouped_frame(groups, seed=0):
+    """A table of images in `groups` duplicate groups of 1 to 5 images, a third of the groups fractured."""
+    rng = np.random.default_rng(seed)
+    group = np.repeat(np.arange(groups), rng.integers(1, 6, groups))
+    return pd.DataFrame({"group": group, "label": np.where(group % 3 == 0, "fractured", "not_fractured")})
+
+
+def no_group_on_two_sides(parts):
+    sides = [set(part["group"]) for part in parts.values()]
+    return not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+
+
+@pytest.mark.parametrize(("target", "expected"), [(0.5, 0.8), (0.75, 0.4), (1.0, 0.3)])
+def test_threshold_is_the_highest_reaching_the_target_sensitivity(nb, target, expected):
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.4, 0.3, 0.7, 0.2, 0.1, 0.05])
+    table = pd.DataFrame({"label": np.where(y == 1, "fractured", "not_fractured"), "p": p})
+    table = table.sample(frac=1, random_state=0)  # the order of the rows does not matter
+    threshold = nb["threshold_for_sensitivity"](table, "p", target)
+    assert threshold == pytest.approx(expected)
+    assert (p[y == 1] >= threshold).mean() >= target
+    assert (p[y == 1] > threshold).mean() < target  # anything higher misses the target
+
+
+def test_the_rates_at_a_threshold_count_it_as_fractured(nb):
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    table = pd.DataFrame({"label": np.where(y == 1, "fractured", "not_fractured"),
+                          "p": [0.9, 0.8, 0.4, 0.3, 0.7, 0.2, 0.1, 0.05]})
+    found = nb["scores"](table, "p", 0.4)
+    assert [found[name] for name in ("sensitivity", "specificity", "accuracy", "precision")] == [0.75] * 4
+    assert list(nb["decide"]([0.4, 0.39], 0.4)) == ["fractured", "not_fractured"]
+
+
+def test_single_split_never_cuts_a_group_and_follows_the_fractions(nb):
+    frame = grouped_frame(300)
+    parts = nb["single_split"](frame, [0.7, 0.15, 0.15], seed=0)
+    assert sum(len(part) for part in parts.values()) == len(frame)
+    assert no_group_on_two_sides(parts)
+    shares = {name: len(part) / len(frame) for name, part in parts.items()}
+    assert shares["train"] == pytest.approx(0.7, abs=0.03) and shares["test"] == pytest.approx(0.15, abs=0.03)
+    again = nb["single_split"](frame, [0.7, 0.15, 0.15], seed=0)
+    assert all(parts[name].index.equals(again[name].index) for name in parts)
+    other = nb["single_split"](frame, [0.5, 0.25, 0.25], seed=0)
+    assert len(other["test"]) / len(frame) == pytest.approx(0.25, abs=0.04)
+
+
+def test_fold_assignment_keeps_groups_whole_stratified_seeded_and_repeatable(nb):
+    frame = grouped_frame(200)
+    fold = nb["grouped_folds"](frame, 5, seed=3)
+    frame["fold"] = fold
+    assert set(fold) == {1, 2, 3, 4, 5}
+    assert (frame.groupby("group")["fold"].nunique() == 1).all()  # whole groups
+    shares = frame.groupby("fold")["label"].apply(lambda labels: (labels == "fractured").mean())
+    assert shares.max() - shares.min() < 0.1  # stratified by class
+    assert (fold == nb["grouped_folds"](frame, 5, seed=3)).all()  # repeatable
+    assert not (fold == nb["grouped_folds"](frame, 5, seed=4)).all()  # seeded
+    for k in range(1, 6):
+        parts = nb["fold_parts"](frame, k, seed=3, val_splits=4)
+        assert (parts["test"]["fold"] == k).all()
+        assert sum(len(part) for part in parts.values()) == len(frame)
+        assert no_group_on_two_sides(parts)
+        assert 0.15 < len(parts["val"]) / len(frame) < 0.25
+
+
+def weighted_frame():
+    """Images of radiographs (groups of 1 to 3 copies) in three annotated body parts and none: hands of both classes
+    (fractured the minority), knees of both, spines all fractured, and unannotated radiographs of both classes."""
+    rows = []
+    for group, (part, label, copies) in enumerate(
+            [("hand", "fractured", 1)] + [("hand", "not_fractured", n) for n in (1, 2, 3)]
+            + [("knee", "fractured", 2), ("knee", "fractured", 1), ("knee", "not_fractured", 1)]
+            + [("spine", "fractured", 3), ("spine", "fractured", 1)]
+            + [(None, "fractured", 1), (None, "not_fractured", 2), (None, "not_fractured", 1)]):
+        rows += [{"group": group, "label": label, "body_part": part}] * copies
+    return pd.DataFrame(rows)
+
+
+def per_radiograph_weight(frame, weights):
+    """The weight each radiograph gets (every image of it carries the same one), with its label and body part."""
+    table = frame.assign(weight=weights)
+    assert (table.groupby("group")["weight"].nunique() == 1).all()  # copies share their radiograph's weight
+    return table.drop_duplicates("group").set_index("group")
+
+
+def test_body_part_balance_weighs_the_classes_alike_inside_each_body_part_and_one_class_parts_not_at_all(nb):
+    frame = weighted_frame()
+    radiographs = per_radiograph_weight(frame, nb["radiograph_weights"](frame, "body_part"))
+    weighing = radiographs[radiographs["weight"] > 0]
+    assert weighing["weight"].mean() == pytest.approx(1)  # mean 1 over the radiographs that weigh
+    assert (radiographs.loc[radiographs["body_part"] == "spine", "weight"] == 0).all()  # it teaches the picture
+    for part in ("hand", "knee"):
+        per_class = radiographs[radiographs["body_part"] == part].groupby("label")["weight"].sum()
+        assert per_class["fractured"] == pytest.approx(per_class["not_fractured"], rel=1e-5), part
+    unannotated = radiographs[radiographs["body_part"].isna()].groupby("label")["weight"].sum()
+    assert unannotated["fractured"] == pytest.approx(unannotated["not_fractured"], rel=1e-5)  # kept, balanced
+    hands = radiographs[radiographs["body_part"] == "hand"]
+    assert hands.groupby("label")["weight"].nunique().tolist() == [1, 1]  # copies do not add weight
+
+
+def test_class_balance_weighs_the_classes_alike_overall_and_every_radiograph_counts(nb):
+    frame = weighted_frame()
+    radiographs = per_radiograph_weight(frame, nb["radiograph_weights"](frame, "class"))
+    assert (radiographs["weight"] > 0).all() and radiographs["weight"].mean() == pytest.approx(1)
+    per_class = radiographs.groupby("label")["weight"].sum()
+    assert per_class["fractured"] == pytest.approx(per_class["not_fractured"], rel=1e-5)
+    assert radiographs.groupby("label")["weight"].nunique().tolist() == [1, 1]
+
+
+def test_body_part_balance_falls_back_to_the_classes_when_no_body_part_holds_both(nb):
+    frame = weighted_frame()
+    frame = frame[frame["body_part"].isin(["spine"]) | (frame["label"] == "not_fractured")].assign(body_part="spine")
+    frame.loc[frame["label"] == "not_fractured", "body_part"] = "knee"  # each body part one class: nothing to learn
+    weights = nb["radiograph_weights"](frame, "body_part")
+    np.testing.assert_allclose(weights, nb["radiograph_weights"](frame, "class"))
+    assert (weights > 0).all()
+
+
+def test_validation_weights_count_each_radiograph_once_however_many_copies(nb):
+    frame = weighted_frame()
+    weights = nb["val_weights"](frame, lambda part: nb["radiograph_weights"](part, "class"))
+    per_group = pd.Series(weights, index=frame.index).groupby(frame["group"]).sum()
+    expected = per_radiograph_weight(frame, nb["radiograph_weights"](frame, "class"))["weight"]
+    np.testing.assert_allclose(per_group / per_group.mean(), expected / expected.mean(), rtol=1e-5)
+    assert weights.mean() == pytest.approx(1)

@@ -1,0 +1,107 @@
+"""The parameters: every knob checked once into one frozen `settings` object, each invalid value refused with one
+line naming the variable, the value and what is allowed, each documented spelling accepted.
+
+The notebook's own cells are executed up to the one that makes `settings` (and decides TRAINING), found by what they
+define, with one environment variable set.
+"""
+
+import dataclasses
+
+import pytest
+from nbhelpers import cells_through, environment, notebook_namespace, parameter_names, run_cells
+
+
+def settings_outcome(overrides):
+    """Run the notebook's cells up to its parameter checks with BONE_FRACTURE_<name> set (None: unset); return
+    (namespace, the error the notebook would show or None)."""
+    namespace = {}
+    with environment({f"BONE_FRACTURE_{name}": value for name, value in overrides.items()}):
+        try:
+            run_cells(cells_through("TRAINING"), namespace)
+        except Exception as error:  # the error the notebook would show
+            return namespace, error
+    return namespace, None
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("EPOCHS", "0"), ("EPOCHS", "ten"), ("BATCH_SIZE", "0"), ("IMG_SIZE", "8"), ("SEEDS", "-1"), ("SEEDS", "7,7"),
+    ("SEEDS", "7,x"), ("SEEDS", "4294967296"), ("FOLDS", "0"), ("VIEWS", "-1"), ("BALANCE", "group"),
+    ("BACKBONE", "resnet50"), ("BACKBONE_WEIGHTS", "/no/such.weights.h5"), ("TTA", "maybe"),
+    ("TARGET_SENSITIVITY", "1.5"), ("NEAR_DUP_SIMILARITY", "2"), ("LEARNING_RATE", "-1"), ("BOOTSTRAP", "0"),
+    ("DEDUPLICATE", "ture"), ("SPLIT", "random"), ("SPLIT_FRACTIONS", "0.7,0.3"), ("MAX_MEGAPIXELS", "big"),
+    ("MODEL", "/no/such/model.keras"), ("SOURCE_BINS", "1"), ("FIT", "stretch"), ("WORKERS", "0"),
+    ("RUN_ID", "cache"), ("RUN_ID", ".."), ("RUN_ID", "a/b"), ("ANNOTATIONS", "/no/such/annotations.csv"),
+])
+def test_each_invalid_parameter_is_refused_naming_variable_value_and_what_is_allowed(name, value):
+    _, error = settings_outcome({name: value})
+    assert type(error).__name__ == "DataError", error
+    assert str(error).startswith(f"BONE_FRACTURE_{name}={value!r} is not valid: expected ")
+    assert "\n" not in str(error)  # one line
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("DEDUPLICATE", "off", False), ("TTA", "Yes", True), ("EPOCHS", " 3 ", 3), ("FOLDS", "1", 1),
+    ("SEEDS", "3, 5", [3, 5]), ("SEEDS", "0", [0]), ("VIEWS", "0", 0), ("BALANCE", "class", "class"),
+    ("TARGET_SENSITIVITY", "0.9", 0.9), ("SPLIT_FRACTIONS", "0.6,0.2,0.2", [0.6, 0.2, 0.2]), ("FIT", "pad", "pad"),
+    ("RUN_ID", "seed-1_v3.2", "seed-1_v3.2"),
+])
+def test_documented_values_are_accepted_into_the_settings(name, value, expected):
+    namespace, error = settings_outcome({name: value})
+    assert error is None, error
+    assert getattr(namespace["settings"], name.lower()) == expected
+
+
+def test_an_unset_variable_takes_the_default_of_the_parameters_cell():
+    namespace, error = settings_outcome({"EPOCHS": None, "SPLIT": None, "TARGET_SENSITIVITY": None})
+    assert error is None, error
+    settings = namespace["settings"]
+    assert (settings.epochs, settings.split, settings.target_sensitivity) == (10, "grouped", 0.95)
+
+
+def test_the_first_seed_is_the_runs_seed():
+    namespace, error = settings_outcome({"SEEDS": "11,2,5"})
+    assert error is None, error
+    assert namespace["settings"].seeds == [11, 2, 5] and namespace["settings"].seed == 11
+
+
+def test_annotations_none_means_no_annotations_and_empty_means_the_shipped_table():
+    """The parameters cell and docs/parameters.md: ANNOTATIONS=none reads no table; empty keeps the default."""
+    namespace, error = settings_outcome({"ANNOTATIONS": "none"})
+    assert error is None, error
+    table, said = namespace["load_annotations"](namespace["settings"].annotations)
+    assert table.empty and "ANNOTATIONS is 'none'" in said
+    namespace, error = settings_outcome({"ANNOTATIONS": ""})
+    assert error is None and namespace["settings"].annotations == namespace["SHIPPED_ANNOTATIONS"]
+
+
+def test_a_model_without_images_to_predict_is_refused(tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"a model")
+    _, error = settings_outcome({"MODEL": str(model), "PREDICT": None})
+    assert type(error).__name__ == "DataError" and "BONE_FRACTURE_PREDICT is empty" in str(error)
+    namespace, error = settings_outcome({"MODEL": str(model), "PREDICT": str(tmp_path)})
+    assert error is None and namespace["TRAINING"] is False
+    namespace, error = settings_outcome({"MODEL": None, "PREDICT": None})
+    assert error is None and namespace["TRAINING"] is True
+
+
+def test_every_knob_is_checked_once_into_one_frozen_settings_object(tmp_path):
+    nb = notebook_namespace(64, tmp_path)
+    assert sorted(nb["CHECKS"]) == sorted(nb["env"].knobs) == sorted(parameter_names())  # none unchecked, none gone
+    settings = nb["settings"]
+    assert [field.name for field in dataclasses.fields(settings)] == [name.lower() for name in nb["CHECKS"]]
+    assert settings.img_size == 64 and isinstance(settings.img_size, int)  # converted, not the raw text
+    assert settings.output_dir == str(tmp_path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.img_size = 128
+
+
+def test_setting_converts_the_raw_value_or_names_the_variable(tmp_path):
+    nb = notebook_namespace(64, tmp_path)
+    setting, whole = nb["setting"], nb["whole"]
+    assert setting("EPOCHS", "12", *whole(1)) == 12
+    assert setting("EPOCHS", 12, *whole(1)) == 12  # papermill injects numbers, not text
+    assert setting("DOWNLOAD", "ON", bool) is True and setting("DOWNLOAD", False, bool) is False
+    with pytest.raises(nb["DataError"], match=r"^BONE_FRACTURE_FOLDS='21' is not valid: expected a whole number "
+                                              r"from 1 to 20\.$"):
+        setting("FOLDS", "21", *whole(1, 20))

@@ -1,0 +1,119 @@
+"""The batches training and evaluation read: the same input prediction makes, labels and weights in row order, and
+augmentation that depends on the seed and the epoch only, never on which thread builds a batch.
+
+The notebook's parameters, setup and definitions cells are executed (see nbhelpers.py), so these tests exercise the
+same functions the notebook runs, not copies.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import pytest
+from nbhelpers import notebook_namespace
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def nb(tmp_path_factory):
+    return notebook_namespace(64, tmp_path_factory.mktemp("batches"))
+
+
+def write_image(path, array):
+    Image.fromarray(array).save(path, "PNG")
+    return str(path)
+
+
+def test_prediction_input_equals_what_the_training_batches_feed(nb, tmp_path):
+    rng = np.random.default_rng(2)
+    array = (rng.integers(0, 4000, (150, 110)) + 500).astype(np.uint16)  # 16-bit, odd size
+    path = write_image(tmp_path / "scan16.png", array)
+    settings = nb["settings"]
+    record = nb["inspect_image"](path, settings, tmp_path / "cache")
+    frame = pd.DataFrame({"cache": [record["cache"]], "label": ["fractured"], "group": [0]})
+    fed = nb["XrayBatches"](frame, 1, 1)[0][0][0]
+    assert fed.shape == (settings.img_size, settings.img_size, 1) and fed.max() > 1  # 0-255: the model scales it
+    image, size, fit = nb["load_xray"](path), settings.img_size, settings.fit
+    np.testing.assert_allclose(nb["model_input"](image, size, fit), fed, atol=1e-6)
+    other = "pad" if fit == "squash" else "squash"
+    assert not np.allclose(nb["model_input"](image, size, other), fed)  # the fit matters on this image
+
+
+def test_batches_carry_one_hot_labels_and_the_weights_given_in_row_order(nb, tmp_path):
+    rng = np.random.default_rng(4)
+    paths = [write_image(tmp_path / f"x{i}.png", rng.integers(0, 255, (64, 64), dtype=np.uint8)) for i in range(5)]
+    frame = pd.DataFrame({"cache": paths, "label": ["fractured", "not_fractured", "not_fractured", "fractured",
+                                                    "fractured"], "group": range(5)})
+    weights = np.array([0.5, 1.0, 1.5, 2.0, 2.5], np.float32)
+    batches = nb["XrayBatches"](frame, 2, 1, weights=weights)
+    assert len(batches) == 3
+    pixels, labels, given = batches[1]
+    np.testing.assert_array_equal(labels, [[0, 1], [1, 0]])  # rows 2 and 3, columns in CLASSES order
+    np.testing.assert_array_equal(given, weights[2:4])
+    np.testing.assert_array_equal(pixels[0, ..., 0], np.asarray(Image.open(paths[2]), np.float32))
+    assert len(batches[2][0]) == 1  # the last batch holds the rest
+    assert len(nb["XrayBatches"](frame, 2, 1)[0]) == 2  # without weights: (pixels, labels)
+
+
+def test_training_batches_do_not_depend_on_which_thread_builds_them(nb, tmp_path):
+    """Augmented batches built by 8 threads at once equal the same batches built one by one, every time."""
+    rng = np.random.default_rng(3)
+    paths = [write_image(tmp_path / f"x{i}.png", rng.integers(0, 255, (40, 40), dtype=np.uint8)) for i in range(64)]
+    frame = pd.DataFrame({"cache": paths, "label": ["fractured", "not_fractured"] * 32, "group": range(64)})
+
+    def training_batches(seed=5):
+        return nb["XrayBatches"](frame, 2, 8, augment=True, seed=seed)
+
+    one_by_one = training_batches()
+    expected = [one_by_one[i][0] for i in range(len(one_by_one))]
+    assert not np.array_equal(expected[0][0], expected[1][0])  # augmentation differs from image to image
+    for _ in range(10):
+        batches = training_batches()
+        with ThreadPoolExecutor(8) as pool:
+            built = list(pool.map(lambda i, b=batches: b[i][0], range(len(batches))))
+        for want, got in zip(expected, built):
+            np.testing.assert_array_equal(want, got)
+    assert not np.array_equal(training_batches(seed=6)[0][0], expected[0])  # another seed, other batches
+    batches.on_epoch_end()  # a new epoch: a new order and new transforms
+    assert not np.array_equal(batches[0][0], expected[0])
+
+
+def test_evaluation_batches_are_neither_augmented_nor_reordered(nb, tmp_path):
+    rng = np.random.default_rng(6)
+    paths = [write_image(tmp_path / f"x{i}.png", rng.integers(0, 255, (32, 32), dtype=np.uint8)) for i in range(6)]
+    frame = pd.DataFrame({"cache": paths, "label": ["fractured"] * 6, "group": [0, 0, 1, 2, 2, 2]})
+    batches = nb["XrayBatches"](frame, 4, 2)
+    first = np.concatenate([batches[i][0] for i in range(len(batches))])
+    batches.on_epoch_end()
+    again = np.concatenate([batches[i][0] for i in range(len(batches))])
+    expected = np.stack([np.asarray(Image.open(path), np.float32)[..., None] for path in paths])
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(again, expected)
+
+
+def test_an_epoch_draws_the_same_number_of_views_of_every_radiograph(nb, tmp_path):
+    groups = [0] * 6 + [1] + [2, 2]  # a radiograph with six copies, one alone, one with two
+    paths = [write_image(tmp_path / f"x{i}.png", np.full((8, 8), i, np.uint8)) for i in range(len(groups))]
+    frame = pd.DataFrame({"cache": paths, "label": ["fractured"] * 7 + ["not_fractured"] * 2, "group": groups})
+    batches = nb["XrayBatches"](frame, 4, 1, augment=True, seed=3, views=3)
+    orders = []
+    for _ in range(3):  # three epochs
+        assert len(batches) == 3  # 3 radiographs x 3 views, in batches of 4
+        labels = np.concatenate([batches[i][1] for i in range(len(batches))])
+        assert labels[:, 0].sum() == 6 and labels[:, 1].sum() == 3  # 3 views of each, whatever its copies
+        assert sorted(pd.Series([groups[row] for row in batches.order]).value_counts().tolist()) == [3, 3, 3]
+        orders.append(list(batches.order))
+        batches.on_epoch_end()
+    assert orders[0] != orders[1] or orders[1] != orders[2]  # each epoch drawn anew
+    plain = nb["XrayBatches"](frame, 4, 1, views=3)  # without augmentation: every image once, views or not
+    assert sum(len(plain[i][1]) for i in range(len(plain))) == len(frame)
+
+
+def test_flipped_batches_are_the_image_mirrored_left_right_and_up_down(nb, tmp_path):
+    array = np.random.default_rng(8).integers(0, 255, (16, 16), dtype=np.uint8)
+    frame = pd.DataFrame({"cache": [write_image(tmp_path / "x.png", array)], "label": ["fractured"], "group": [0]})
+    seen = {flip: nb["XrayBatches"](frame, 1, 1, flip=flip)[0][0][0, ..., 0] for flip in nb["FLIPS"]}
+    np.testing.assert_array_equal(seen[(False, False)], array)
+    np.testing.assert_array_equal(seen[(True, False)], array[:, ::-1])
+    np.testing.assert_array_equal(seen[(False, True)], array[::-1])
+    np.testing.assert_array_equal(seen[(True, True)], array[::-1, ::-1])
