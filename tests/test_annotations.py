@@ -83,8 +83,9 @@ def test_a_missing_annotation_file_is_refused_unless_it_is_the_shipped_one(tmp_p
     with pytest.raises(Exception, match="BONE_FRACTURE_ANNOTATIONS='nowhere.csv' is not valid"):
         notebook_namespace(64, tmp_path, ANNOTATIONS="nowhere.csv")
     nb = notebook_namespace(64, tmp_path, ANNOTATIONS=None)
-    table, said = nb["load_annotations"](str(tmp_path / "annotations" / "fracture_multi_region.csv"))
-    assert table.empty and "is not beside the notebook" in said and "put annotations/" in said
+    missing = str(tmp_path / "annotations" / "fracture_multi_region.csv")
+    table, said = nb["load_annotations"](missing)
+    assert table.empty and f"{missing} is not beside the notebook" in said and f"put {missing} from the" in said
 
 
 def test_copies_that_disagree_stop_the_run_before_training_naming_both_lines(tmp_path):

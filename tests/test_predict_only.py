@@ -50,8 +50,8 @@ def test_a_model_trained_at_96_px_predicts_with_no_size_or_fit_given(trained_at_
     again = pd.read_csv(predict_only["folder"] / "predictions.csv", keep_default_na=False)
     assert predict_only["folder"] != trained_at_96["folder"]  # a folder of its own
     assert again["path"].tolist() == trained_at_96["images"] and again["error"].iloc[-1].startswith("not an image")
-    np.testing.assert_allclose(again["p_fractured"].iloc[:-1].astype(float), trained["p_fractured"].iloc[:-1],
-                               atol=1e-6)
+    np.testing.assert_allclose(again["p_fractured"].iloc[:-1].astype(float),
+                               trained["p_fractured"].iloc[:-1].astype(float), atol=1e-6)
     assert (again["decision"] == trained["decision"]).all()
     contract = json.loads((trained_at_96["folder"] / "model.json").read_text())
     assert (contract["image_size"], contract["fit"]) == (96, "pad")

@@ -64,10 +64,11 @@ def test_the_first_seed_is_the_runs_seed():
     assert namespace["settings"].seeds == [11, 2, 5] and namespace["settings"].seed == 11
 
 
-def test_annotations_none_means_no_annotations_and_empty_means_the_shipped_table():
+def test_annotations_none_means_no_annotations_and_empty_means_the_shipped_table(tmp_path):
     """The parameters cell and docs/parameters.md: ANNOTATIONS=none reads no table; empty keeps the default."""
-    namespace, error = settings_outcome({"ANNOTATIONS": "none"})
-    assert error is None, error
+    from nbhelpers import notebook_namespace
+
+    namespace = notebook_namespace(64, tmp_path, ANNOTATIONS="none")
     table, said = namespace["load_annotations"](namespace["settings"].annotations)
     assert table.empty and "ANNOTATIONS is 'none'" in said
     namespace, error = settings_outcome({"ANNOTATIONS": ""})
