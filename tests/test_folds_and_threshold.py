@@ -102,7 +102,7 @@ def per_radiograph_weight(frame, weights):
 
 def test_body_part_balance_weighs_the_classes_alike_inside_each_body_part_and_one_class_parts_not_at_all(nb):
     frame = weighted_frame()
-    radiographs = per_radiograph_weight(frame, nb["radiograph_weights"](frame, "body_part"))
+    radiographs = per_radiograph_weight(frame, nb["balanced_weights"](frame, "body_part", "radiograph"))
     weighing = radiographs[radiographs["weight"] > 0]
     assert weighing["weight"].mean() == pytest.approx(1)  # mean 1 over the radiographs that weigh
     assert (radiographs.loc[radiographs["body_part"] == "spine", "weight"] == 0).all()  # it teaches the picture
@@ -117,7 +117,7 @@ def test_body_part_balance_weighs_the_classes_alike_inside_each_body_part_and_on
 
 def test_class_balance_weighs_the_classes_alike_overall_and_every_radiograph_counts(nb):
     frame = weighted_frame()
-    radiographs = per_radiograph_weight(frame, nb["radiograph_weights"](frame, "class"))
+    radiographs = per_radiograph_weight(frame, nb["balanced_weights"](frame, "class", "radiograph"))
     assert (radiographs["weight"] > 0).all() and radiographs["weight"].mean() == pytest.approx(1)
     per_class = radiographs.groupby("label")["weight"].sum()
     assert per_class["fractured"] == pytest.approx(per_class["not_fractured"], rel=1e-5)
@@ -128,15 +128,24 @@ def test_body_part_balance_falls_back_to_the_classes_when_no_body_part_holds_bot
     frame = weighted_frame()
     frame = frame[frame["body_part"].isin(["spine"]) | (frame["label"] == "not_fractured")].assign(body_part="spine")
     frame.loc[frame["label"] == "not_fractured", "body_part"] = "knee"  # each body part one class: nothing to learn
-    weights = nb["radiograph_weights"](frame, "body_part")
-    np.testing.assert_allclose(weights, nb["radiograph_weights"](frame, "class"))
+    weights = nb["balanced_weights"](frame, "body_part", "radiograph")
+    np.testing.assert_allclose(weights, nb["balanced_weights"](frame, "class", "radiograph"))
     assert (weights > 0).all()
+
+
+def test_image_balance_weighs_the_classes_alike_over_images_as_an_epoch_of_every_image_shows_them(nb):
+    frame = weighted_frame()
+    weights = pd.Series(nb["balanced_weights"](frame, "class", "image"), index=frame.index)
+    per_class = weights.groupby(frame["label"]).sum()
+    assert per_class["fractured"] == pytest.approx(per_class["not_fractured"], rel=1e-5)
+    assert weights.mean() == pytest.approx(1) and weights.groupby(frame["label"]).nunique().tolist() == [1, 1]
+    np.testing.assert_allclose(nb["validation_weights"](frame, "class", "image"), weights.to_numpy(), rtol=1e-6)
 
 
 def test_validation_weights_count_each_radiograph_once_however_many_copies(nb):
     frame = weighted_frame()
-    weights = nb["val_weights"](frame, lambda part: nb["radiograph_weights"](part, "class"))
+    weights = nb["validation_weights"](frame, "class", "radiograph")
     per_group = pd.Series(weights, index=frame.index).groupby(frame["group"]).sum()
-    expected = per_radiograph_weight(frame, nb["radiograph_weights"](frame, "class"))["weight"]
+    expected = per_radiograph_weight(frame, nb["balanced_weights"](frame, "class", "radiograph"))["weight"]
     np.testing.assert_allclose(per_group / per_group.mean(), expected / expected.mean(), rtol=1e-5)
     assert weights.mean() == pytest.approx(1)
