@@ -104,6 +104,12 @@ def failing_run(env: dict[str, str | None]) -> str:
     return rendered
 
 
+def new_folder(output: Path, before: set[Path]) -> Path:
+    """The one run folder that appeared in `output` since `before` (a listing of it)."""
+    (folder,) = {p for p in output.iterdir() if p.is_dir() and not p.is_symlink()} - before
+    return folder
+
+
 def run_folder(output: Path) -> Path:
     """The one run folder a single run wrote in `output` (what `latest` points at)."""
     latest = output / "latest"

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import execute_notebook, run_folder
+from conftest import execute_notebook, new_folder, run_folder
 from fixture_data import build_fixture
 from nbhelpers import notebook_namespace
 
@@ -44,12 +44,13 @@ def test_the_backbone_trains_explains_and_is_recorded(backbone_run):
 
 
 def test_the_saved_backbone_model_reloads_and_predicts_alone(backbone_run):
+    folders = set(backbone_run["output"].iterdir())
     _, error = execute_notebook({"BONE_FRACTURE_MODEL": str(backbone_run["folder"] / "model.keras"),
                                  "BONE_FRACTURE_OUTPUT_DIR": str(backbone_run["output"]),
                                  "BONE_FRACTURE_IMG_SIZE": None,
                                  "BONE_FRACTURE_PREDICT": ",".join(backbone_run["images"])}, timeout=600)
     assert error is None, error
-    again = pd.read_csv(run_folder(backbone_run["output"]) / "predictions.csv")
+    again = pd.read_csv(new_folder(backbone_run["output"], folders) / "predictions.csv")
     trained = pd.read_csv(backbone_run["folder"] / "predictions.csv")
     np.testing.assert_allclose(again["p_fractured"], trained["p_fractured"], atol=1e-5)
 

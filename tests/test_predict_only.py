@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, execute_notebook, failing_run, run_folder
+from conftest import ROOT, execute_notebook, failing_run, new_folder, run_folder
 from fixture_data import build_fixture, snapshot
 from nbhelpers import notebook_namespace
 from PIL import Image
@@ -34,7 +34,7 @@ def trained_at_96(tmp_path_factory):
 @pytest.fixture(scope="module")
 def predict_only(trained_at_96, tmp_path_factory):
     """A predict-only run with that model, given no image size, fit or data folder, into the same OUTPUT_DIR."""
-    before = snapshot(trained_at_96["folder"])
+    before, folders = snapshot(trained_at_96["folder"]), set(trained_at_96["output"].iterdir())
     started = time.monotonic()
     _, error = execute_notebook({"BONE_FRACTURE_MODEL": str(trained_at_96["folder"] / "model.keras"),
                                  "BONE_FRACTURE_OUTPUT_DIR": str(trained_at_96["output"]),
@@ -42,7 +42,8 @@ def predict_only(trained_at_96, tmp_path_factory):
                                  "BONE_FRACTURE_DATA_DIR": str(tmp_path_factory.mktemp("no_data") / "missing"),
                                  "BONE_FRACTURE_PREDICT": ",".join(trained_at_96["images"])}, timeout=600)
     assert error is None, error
-    return {"before": before, "seconds": time.monotonic() - started, "folder": run_folder(trained_at_96["output"])}
+    return {"before": before, "seconds": time.monotonic() - started,
+            "folder": new_folder(trained_at_96["output"], folders)}
 
 
 def test_a_model_trained_at_96_px_predicts_with_no_size_or_fit_given(trained_at_96, predict_only):
@@ -65,6 +66,7 @@ def test_a_predict_only_run_writes_only_its_own_folder(trained_at_96, predict_on
     output = trained_at_96["output"]
     assert {p.name for p in output.iterdir()} == {"cache", "latest", trained_at_96["folder"].name,
                                                   predict_only["folder"].name}
+    assert run_folder(output) == trained_at_96["folder"]  # latest stays at the newest training run
 
 
 def test_a_corrupt_model_file_ends_in_one_message(tmp_path, fixture):
