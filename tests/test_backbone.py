@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import execute_notebook, new_folder, run_folder
+from conftest import execute_notebook, run_folder
 from fixture_data import build_fixture
 from nbhelpers import notebook_namespace
 
@@ -43,16 +43,16 @@ def test_the_backbone_trains_explains_and_is_recorded(backbone_run):
     assert (folder / "gradcam.png").stat().st_size > 10_000 and (folder / "predictions.png").exists()
 
 
-def test_the_saved_backbone_model_reloads_and_predicts_alone(backbone_run):
-    folders = set(backbone_run["output"].iterdir())
-    _, error = execute_notebook({"BONE_FRACTURE_MODEL": str(backbone_run["folder"] / "model.keras"),
-                                 "BONE_FRACTURE_OUTPUT_DIR": str(backbone_run["output"]),
-                                 "BONE_FRACTURE_IMG_SIZE": None,
-                                 "BONE_FRACTURE_PREDICT": ",".join(backbone_run["images"])}, timeout=600)
-    assert error is None, error
-    again = pd.read_csv(new_folder(backbone_run["output"], folders) / "predictions.csv")
+def test_the_saved_backbone_model_reloads_and_predicts_as_in_its_run(backbone_run, tmp_path):
+    """What a predict-only run does with it (load_trained, predict_images), here in-process: the notebook's predict-only
+    path itself is run end to end with the Sequential CNN in test_predict_only.py."""
+    nb = notebook_namespace(32, tmp_path)
+    model, contract = nb["load_trained"](backbone_run["folder"] / "model.keras")
+    again = nb["predict_images"](model, contract, backbone_run["images"], 200)
     trained = pd.read_csv(backbone_run["folder"] / "predictions.csv")
+    assert again["path"].tolist() == trained["path"].tolist()
     np.testing.assert_allclose(again["p_fractured"], trained["p_fractured"], atol=1e-5)
+    assert again["decision"].tolist() == trained["decision"].tolist()
 
 
 def test_the_backbone_starts_from_the_weights_file(backbone_run, tmp_path):

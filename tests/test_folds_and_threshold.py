@@ -149,3 +149,30 @@ def test_validation_weights_count_each_radiograph_once_however_many_copies(nb):
     expected = per_radiograph_weight(frame, nb["balanced_weights"](frame, "class", "radiograph"))["weight"]
     np.testing.assert_allclose(per_group / per_group.mean(), expected / expected.mean(), rtol=1e-5)
     assert weights.mean() == pytest.approx(1)
+
+
+def test_plain_training_keeps_the_plain_radiographs_and_refuses_a_part_left_with_one_class(nb):
+    frame = grouped_frame(30).assign(modality="xray", marks="")
+    frame.loc[frame["group"] % 5 == 0, "marks"] = "arrow+hardware"  # a teaching figure
+    frame.loc[frame["group"] % 7 == 0, "modality"] = "mri"
+    frame.loc[frame["group"] == 29, "modality"] = np.nan  # not annotated: not known to be plain
+    parts = {"train": frame[frame["group"] < 20], "val": frame[frame["group"] >= 20], "test": frame.iloc[:0]}
+    everything = nb["taught_parts"](parts, "all", 1)
+    assert all(everything[name].equals(parts[name]) for name in ("train", "val"))
+    plain = nb["taught_parts"](parts, "plain", 1)
+    for name in ("train", "val"):
+        kept = set(plain[name]["group"])
+        assert kept == {g for g in parts[name]["group"] if g % 5 and g % 7 and g != 29}, name
+        assert len(plain[name]) == parts[name]["group"].isin(kept).sum()  # every copy of a kept radiograph
+    figures_only = {**parts, "val": parts["val"].assign(modality="ct")}
+    with pytest.raises(nb["DataError"], match="TRAIN_ON=plain leaves fold 3 with .* BONE_FRACTURE_TRAIN_ON=all"):
+        nb["taught_parts"](figures_only, "plain", 3)
+
+
+def test_validation_by_radiograph_watches_at_most_views_images_of_each_drawn_once(nb):
+    frame = grouped_frame(40)
+    watched = nb["some_views"](frame, 2, 5)
+    counts = watched.groupby("group").size()
+    expected = frame.groupby("group").size().clip(upper=2)
+    assert counts.equals(expected) and watched.index.is_monotonic_increasing
+    assert watched.equals(nb["some_views"](frame, 2, 5)) and not watched.equals(nb["some_views"](frame, 2, 6))

@@ -116,7 +116,8 @@ def test_saved_model_is_the_average_of_the_fold_models_that_made_the_out_of_fold
 
     model = keras.models.load_model(notebook_run / "model.keras")
     members = {layer.name: layer for layer in model.layers if isinstance(layer, keras.Sequential)}
-    assert sorted(members) == ["fold_1", "fold_2"]
+    seeds, folds = metrics["parameters"]["seeds"], metrics["parameters"]["folds"]
+    assert sorted(members) == sorted(f"seed_{seed}_fold_{k}" for seed in seeds for k in range(1, folds + 1))
     size = metrics["parameters"]["img_size"]
     batch = np.random.default_rng(0).random((3, size, size, 1), dtype=np.float32) * 255
     predictions = np.asarray(model(batch, training=False))
@@ -128,12 +129,13 @@ def test_saved_model_is_the_average_of_the_fold_models_that_made_the_out_of_fold
     index = pd.read_csv(notebook_run / "index.csv").set_index("path")
     tta = json.loads((notebook_run / "model.json").read_text())["test_time_augmentation"]
     assert tta == metrics["parameters"]["tta"]
+    first_seed = {k: members[f"seed_{seeds[0]}_fold_{k}"] for k in range(1, folds + 1)}
     for k, part in oof.groupby("fold"):
         pixels = np.stack([np.asarray(Image.open(index.at[path, "cache"]), np.float32)[..., None]  # 0-255, as fed
                            for path in part["path"]])
-        np.testing.assert_allclose(p_fractured(members[f"fold_{k}"], pixels, tta), part["p_fractured"], atol=1e-5)
+        np.testing.assert_allclose(p_fractured(first_seed[k], pixels, tta), part["p_fractured"], atol=1e-5)
         if tta:  # the flips change the figures: the test would see a model scored without them
-            assert not np.allclose(p_fractured(members[f"fold_{k}"], pixels, False), part["p_fractured"], atol=1e-5)
+            assert not np.allclose(p_fractured(first_seed[k], pixels, False), part["p_fractured"], atol=1e-5)
 
 
 def test_the_model_carries_its_contract(notebook_run, metrics):
@@ -144,7 +146,8 @@ def test_the_model_carries_its_contract(notebook_run, metrics):
     assert contract["input"] == f"float32 (batch, {parameters['img_size']}, {parameters['img_size']}, 1)"
     assert contract["threshold"] == test["threshold"]
     assert contract["target_sensitivity"] == test["target_sensitivity"] == parameters["target_sensitivity"]
-    assert contract["gradcam_layer"] == "last_conv" and contract["members"] == parameters["folds"]
+    assert contract["gradcam_layer"] == "last_conv"
+    assert contract["members"] == parameters["folds"] * len(parameters["seeds"])  # the fold models of every seed
     assert contract["test_time_augmentation"] == parameters["tta"]
     assert contract["backbone"] == (parameters["backbone"] or "sequential cnn")
     assert contract["evaluation"]["roc_auc"] == test["per_radiograph"]["cnn"]["roc_auc"]
@@ -229,6 +232,27 @@ def test_metrics_json_records_every_parameter_versions_and_the_documented_keys(n
     assert metrics["anatomy"]["views"]["all radiographs"]["cnn"]["roc_auc"] == pytest.approx(
         metrics["test"]["per_radiograph"]["cnn"]["roc_auc"])  # the same radiographs, the same figure
     json.dumps(metrics)  # round-trips
+
+
+def test_each_seed_and_the_seeds_together_recompute_from_seed_predictions_csv(notebook_run, metrics):
+    from sklearn.metrics import roc_auc_score
+
+    scored = pd.read_csv(notebook_run / "seed_predictions.csv")
+    seeds = metrics["seeds"]["seeds"]
+    assert scored["seed"].unique().tolist() == seeds and scored.groupby("seed")["group"].nunique().nunique() == 1
+    figures = {(row["view"], row["model"]): row for row in metrics["seeds"]["figures"]}
+    for model, column in (("cnn", "p_fractured"), ("metadata", "p_metadata")):
+        for seed, frame in scored.groupby("seed"):
+            assert roc_auc_score(frame["label"] == "fractured", frame[column]) == pytest.approx(
+                figures["all radiographs", model][f"seed {seed}"], abs=1e-5)
+        together = scored.groupby("group").agg(label=("label", "first"), p=(column, "mean"))
+        expected = roc_auc_score(together["label"] == "fractured", together["p"])
+        assert figures["all radiographs", model]["seeds together"] == pytest.approx(expected, abs=1e-5)
+        found = metrics["seeds"]["together"]["all radiographs"][model]
+        assert found["roc_auc"] == pytest.approx(expected, abs=1e-5)
+        assert found["ci95"][0] <= expected <= found["ci95"][1]
+    contract = json.loads((notebook_run / "model.json").read_text())
+    assert contract["members"] == metrics["parameters"]["folds"] * len(seeds)  # the fold models of every seed
 
 
 def documented_outputs():
