@@ -27,7 +27,7 @@ def quick_env(data, output):
     environment = {key: value for key, value in os.environ.items() if not key.startswith("BONE_FRACTURE_")}
     return {**environment, "BONE_FRACTURE_DATA_DIR": str(data.folder), "BONE_FRACTURE_OUTPUT_DIR": str(output),
             "BONE_FRACTURE_FOLDS": "2", "BONE_FRACTURE_EPOCHS": "1", "BONE_FRACTURE_IMG_SIZE": "32",
-            "BONE_FRACTURE_BOOTSTRAP": "100", "BONE_FRACTURE_ANNOTATIONS": "none"}
+            "BONE_FRACTURE_BOOTSTRAP": "100", "BONE_FRACTURE_ANNOTATIONS": "none", "BONE_FRACTURE_SEEDS": "7"}
 
 
 def test_two_runs_started_together_both_finish_in_folders_of_their_own_beside_foreign_files(small, tmp_path):
