@@ -2,8 +2,9 @@
 
 pytest collects the notebook first (see ``testpaths`` in pyproject.toml): nbval starts a kernel that
 inherits this process's environment, so the ``BONE_FRACTURE_*`` variables set in ``pytest_configure``
-make it run on the fixture, quickly. The tests in this folder then check what that run wrote. If they
-run on their own (``pytest tests/``), the ``notebook_run`` fixture executes the notebook itself.
+make it run on the fixture, quickly. The tests in this folder then check what that run wrote. In a process
+that did not run the notebook's cells (``pytest tests/``, or the second of the two processes pytest-xdist starts),
+the ``notebook_run`` fixture executes the notebook itself, with the same settings.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def run_folder(output: Path) -> Path:
 def notebook_run():
     """The run folder of the default (grouped) run on the fixture: nbval's, or one made here."""
     if not (OUTPUT / RUN_ID / "model_card.md").exists():
-        _, error = execute_notebook({"BONE_FRACTURE_RUN_ID": RUN_ID})
+        seeds = RUN_ENV["BONE_FRACTURE_SEEDS"]  # execute_notebook's quick runs take one seed; this one is nbval's
+        _, error = execute_notebook({"BONE_FRACTURE_RUN_ID": RUN_ID, "BONE_FRACTURE_SEEDS": seeds})
         assert error is None, error
     return OUTPUT / RUN_ID
 
