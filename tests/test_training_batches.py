@@ -117,3 +117,23 @@ def test_flipped_batches_are_the_image_mirrored_left_right_and_up_down(nb, tmp_p
     np.testing.assert_array_equal(seen[(True, False)], array[:, ::-1])
     np.testing.assert_array_equal(seen[(False, True)], array[::-1])
     np.testing.assert_array_equal(seen[(True, True)], array[::-1, ::-1])
+
+
+def test_a_standardizing_cnn_ignores_brightness_and_contrast_and_reloads_as_saved(nb, tmp_path):
+    """STANDARDIZE: the same prediction for an image and a brighter, flatter copy of it (not so without it), and
+    the saved model, first layer included, predicts the same after loading."""
+    import keras
+
+    rng = np.random.default_rng(4)
+    image = rng.uniform(20, 200, (4, 64, 64, 1)).astype(np.float32)
+    flatter = 0.5 * image + 60  # brighter and lower in contrast, still inside 0-255
+    keras.utils.set_random_seed(3)
+    standardizing = nb["build_model"](64, standardize=True)
+    np.testing.assert_allclose(standardizing(flatter, training=False), standardizing(image, training=False),
+                               atol=1e-4)
+    plain = nb["build_model"](64)
+    assert not np.allclose(plain(flatter, training=False), plain(image, training=False), atol=1e-4)
+    standardizing.save(tmp_path / "standardizing.keras")
+    loaded = keras.saving.load_model(tmp_path / "standardizing.keras")
+    assert loaded.layers[0].name == "standardize"
+    np.testing.assert_allclose(loaded.predict(image, verbose=0), standardizing.predict(image, verbose=0), atol=1e-6)
