@@ -128,10 +128,10 @@ def test_a_standardizing_cnn_ignores_brightness_and_contrast_and_reloads_as_save
     image = rng.uniform(20, 200, (4, 64, 64, 1)).astype(np.float32)
     flatter = 0.5 * image + 60  # brighter and lower in contrast, still inside 0-255
     keras.utils.set_random_seed(3)
-    standardizing = nb["build_model"](64, standardize=True)
+    standardizing = nb["build_model"](64)  # the default
     np.testing.assert_allclose(standardizing(flatter, training=False), standardizing(image, training=False),
                                atol=1e-4)
-    plain = nb["build_model"](64)
+    plain = nb["build_model"](64, standardize=False)
     assert not np.allclose(plain(flatter, training=False), plain(image, training=False), atol=1e-4)
     standardizing.save(tmp_path / "standardizing.keras")
     loaded = keras.saving.load_model(tmp_path / "standardizing.keras")
