@@ -52,8 +52,8 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    """Remove the session's temporary folder unless BONE_FRACTURE_KEEP_TEST_OUTPUT is set."""
-    if not os.environ.get("BONE_FRACTURE_KEEP_TEST_OUTPUT"):
+    """Remove the session's temporary folder unless KEEP_TEST_OUTPUT is set."""
+    if not os.environ.get("KEEP_TEST_OUTPUT"):
         shutil.rmtree(WORK, ignore_errors=True)
 
 

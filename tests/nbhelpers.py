@@ -125,3 +125,38 @@ def notebook_namespace(img_size: int, output_dir: Path, **overrides: str | None)
            **{f"BONE_FRACTURE_{name}": value for name, value in overrides.items()}}
     with environment(env):
         return run_cells(cells)
+
+
+def parameter_meanings(notebook: nbformat.NotebookNode | None = None) -> dict[str, str]:
+    """Each parameter's meaning: the comment after its line in the `parameters` cell, with the comment lines that
+    continue it."""
+    (cell,) = tagged("parameters", notebook)
+    meanings: dict[str, str] = {}
+    name = None
+    for line in cell.source.splitlines():
+        code, _, comment = line.partition("#")
+        if code.strip():
+            name = code.split("=")[0].strip()
+            meanings[name] = comment.strip()
+        elif name and comment:
+            meanings[name] += " " + comment.strip()
+    return meanings
+
+
+def parameters_table() -> str:
+    """docs/parameters.md's table, made from the notebook: each parameter's default (the `parameters` cell), the
+    values it takes (`CHECKS`) and its meaning (the cell's comment)."""
+    namespace = run_cells(cells_through("REMOVED"))
+    meanings, defaults, checks = parameter_meanings(), namespace["env"].defaults, namespace["CHECKS"]
+    rows = ["| Environment variable | Default | Takes | Meaning |", "|---|---|---|---|"]
+    for name, default in defaults.items():
+        shown = "*(empty)*" if default == "" else f"`{int(default) if isinstance(default, bool) else default}`"
+        rows.append(f"| `BONE_FRACTURE_{name}` | {shown} | {checks[name][1]} | {meanings[name]} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python tests/nbhelpers.py: rewrite docs/parameters.md's table from the notebook
+    doc = NOTEBOOK.parent / "docs" / "parameters.md"
+    before, _, rest = doc.read_text().partition("| Environment variable |")
+    after = rest[rest.index("\n\n"):]
+    doc.write_text(before + parameters_table() + after.removeprefix("\n"))

@@ -60,19 +60,6 @@ def test_the_documentation_names_every_parameter():
         assert f"`BONE_FRACTURE_{name}`" in documented, name
 
 
-def test_docs_parameters_md_gives_each_parameters_default_as_the_notebook_sets_it():
-    (cell,) = tagged("parameters")
-    defaults = {node.targets[0].id: ast.literal_eval(node.value.args[1]) for node in ast.parse(cell.source).body
-                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)}
-    rows = [line.split(" | ") for line in (ROOT / "docs" / "parameters.md").read_text().splitlines()
-            if line.startswith("| `BONE_FRACTURE_")]
-    documented = {row[0].strip("| `").removeprefix("BONE_FRACTURE_"): row[1] for row in rows}
-    assert set(documented) == set(defaults)
-    for name, default in defaults.items():
-        said = "*(empty)*" if default == "" else f"`{int(default) if isinstance(default, bool) else default}`"
-        assert documented[name] == said, name
-
-
 EXTERNAL = {"~/.kaggle/kaggle.json"}  # where the Kaggle API keeps the user's token: named in advice, never opened
 PATH_WORDS = {"artifacts", "data", "annotations", "kaggle"}
 OUTPUT_SUFFIXES = (".csv", ".png", ".json", ".keras", ".md", ".html")

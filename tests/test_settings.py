@@ -6,9 +6,11 @@ define, with one environment variable set.
 """
 
 import dataclasses
+import re
 
 import pytest
-from nbhelpers import cells_through, environment, notebook_namespace, parameter_names, run_cells
+from conftest import ROOT
+from nbhelpers import cells_through, environment, notebook_namespace, parameter_names, parameters_table, run_cells
 
 
 def settings_outcome(overrides):
@@ -88,7 +90,7 @@ def test_a_model_without_images_to_predict_is_refused(tmp_path):
 
 def test_every_knob_is_checked_once_into_one_frozen_settings_object(tmp_path):
     nb = notebook_namespace(64, tmp_path)
-    assert sorted(nb["CHECKS"]) == sorted(nb["env"].knobs) == sorted(parameter_names())  # none unchecked, none gone
+    assert sorted(nb["CHECKS"]) == sorted(nb["env"].defaults) == sorted(parameter_names())  # none unchecked, none gone
     settings = nb["settings"]
     assert [field.name for field in dataclasses.fields(settings)] == [name.lower() for name in nb["CHECKS"]]
     assert settings.img_size == 64 and isinstance(settings.img_size, int)  # converted, not the raw text
@@ -102,7 +104,58 @@ def test_setting_converts_the_raw_value_or_names_the_variable(tmp_path):
     setting, whole = nb["setting"], nb["whole"]
     assert setting("EPOCHS", "12", *whole(1)) == 12
     assert setting("EPOCHS", 12, *whole(1)) == 12  # papermill injects numbers, not text
-    assert setting("DOWNLOAD", "ON", bool) is True and setting("DOWNLOAD", False, bool) is False
+    assert setting("DOWNLOAD", "ON", *nb["CHECKS"]["DOWNLOAD"]) is True
+    assert setting("DOWNLOAD", False, *nb["CHECKS"]["DOWNLOAD"]) is False
     with pytest.raises(nb["DataError"], match=r"^BONE_FRACTURE_FOLDS='21' is not valid: expected a whole number "
                                               r"from 1 to 20\.$"):
         setting("FOLDS", "21", *whole(1, 20))
+
+
+@pytest.mark.parametrize(("variable", "said"), [
+    ("BONE_FRACTURE_EPOCH", "did you mean BONE_FRACTURE_EPOCHS?"),
+    ("BONE_FRACTURE_IMGSIZE", "did you mean BONE_FRACTURE_IMG_SIZE?"),
+    ("BONE_FRACTURE_SEED", "replaced by SEEDS in 3.3"),
+    ("BONE_FRACTURE_NEAR_DUP_DISTANCE", "replaced by NEAR_DUP_SIMILARITY"),
+    ("BONE_FRACTURE_ZZZ", "no parameter is close"),
+])
+def test_a_variable_that_sets_no_parameter_stops_the_run_naming_it_and_what_to_set(variable, said):
+    _, error = settings_outcome({variable.removeprefix("BONE_FRACTURE_"): "3"})
+    assert type(error).__name__ == "DataError", error
+    line = str(error).splitlines()[0]
+    assert line.startswith(f"{variable} is not a parameter: ") and said in line, line
+
+
+def test_every_unknown_variable_is_named_at_once():
+    _, error = settings_outcome({"EPOCH": "3", "IMGSIZE": "128", "EPOCHS": "2"})
+    assert [line.split(" is ")[0] for line in str(error).splitlines()[:2]] == [
+        "BONE_FRACTURE_EPOCH", "BONE_FRACTURE_IMGSIZE"]
+
+
+def test_a_mistyped_variable_stops_the_notebook_before_any_image_is_read(tmp_path):
+    """The whole notebook, as the README's command runs it: one message, and no run folder made."""
+    from conftest import failing_run
+
+    output = tmp_path / "out"
+    rendered = failing_run({"BONE_FRACTURE_EPOCH": "3", "BONE_FRACTURE_OUTPUT_DIR": str(output)})
+    assert "BONE_FRACTURE_EPOCH is not a parameter: did you mean BONE_FRACTURE_EPOCHS?" in rendered
+    assert not output.exists()
+
+
+def removed_in_changelog():
+    """The knobs the CHANGELOG's "Removed knobs" lists name (a value such as `FIT=disc` is not a knob), less those a
+    later version brought back as parameters."""
+    blocks = [block.split("\n## ")[0] for block in (ROOT / "CHANGELOG.md").read_text().split("Removed knobs:")[1:]]
+    entries = [line for block in blocks for line in block.splitlines() if line.startswith("- `")]
+    return {name for entry in entries for name in re.findall(r"`([A-Z_]+)`", entry)} - set(parameter_names())
+
+
+def test_the_notebook_knows_every_knob_the_changelog_says_was_removed(tmp_path):
+    removed = run_cells(cells_through("REMOVED"))["REMOVED"]
+    assert set(removed) == removed_in_changelog()
+    assert not set(removed) & set(parameter_names())
+
+
+def test_docs_parameters_md_is_the_table_the_notebook_makes():
+    """Default (the parameters cell), values taken (CHECKS) and meaning (its comment) have one source: the notebook.
+    To update the doc after changing a parameter: python tests/nbhelpers.py"""
+    assert parameters_table() in (ROOT / "docs" / "parameters.md").read_text()
