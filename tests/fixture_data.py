@@ -322,14 +322,16 @@ class FixtureAnnotations:
     body_part: dict[str, str]  # fixture key -> body part of every radiograph annotated (one file each)
     excluded: str  # the key of the one radiograph marked exclude
     family_file: str  # the one file of the rotated family that was annotated (it annotates the whole family)
-    unmatched_rows: int  # rows whose sha256 is no file of the fixture
+    unmatched_rows: int  # rows that match no file of the fixture, by sha256 or published place
+    by_place: str  # the key of the one radiograph whose row has another sha256 (a re-encoded copy's) and its place
     plain: set[str]  # keys of the radiographs annotated as plain radiographs (xray, no figure marks)
 
 
 def write_annotations(fx: Fixture, path: Path) -> FixtureAnnotations:
     """Write an annotation table for the fixture: one row per independent radiograph outside the planted duplicates
     (body parts `hand` and `knee` hold both classes, `spine` only fractured MRI figures), one file of the rotated
-    family (`wrist`), one radiograph marked exclude, and one row that matches no file."""
+    family (`wrist`), one radiograph marked exclude, one row whose sha256 is another copy's (matched by its `file`,
+    the published place split/class folder/name) and one row that matches no file."""
     planted = {key for group in fx.planted_groups() for key in group} | set(fx.look_alikes) | set(fx.conflict)
     singles = sorted(key for key in fx.good if key not in planted)
     rows, body_part, plain = [], {}, set()
@@ -345,9 +347,33 @@ def write_annotations(fx: Fixture, path: Path) -> FixtureAnnotations:
     family_file = sorted(fx.families[0])[1]
     rows.append([family_file, "wrist", "xray", "", 0, "one file annotates its family"])
     body_part[family_file], unmatched = "wrist", 1
+    by_place = singles[3]  # its row keys the bytes of a copy of the set that this fixture does not hold
+
+    def sha256(key):
+        data = fx.disk(key).read_bytes()
+        return hashlib.sha256(data + b"another copy" * (key == by_place)).hexdigest()
+
     text = ["sha256,file,body_part,modality,marks,exclude,note"]
-    text += [f"{hashlib.sha256(fx.disk(key).read_bytes()).hexdigest()},{Path(key).name},{part},{modality},{marks},"
+    text += [f"{sha256(key)},{fx.key(fx.disk(key)).replace('not_fractured', fx.negative)},{part},{modality},{marks},"
              f"{exclude},{note}" for key, part, modality, marks, exclude, note in rows]
-    text.append(f"{'0' * 64},missing.jpg,knee,xray,,0,a radiograph of another copy of the set")
+    text.append(f"{'0' * 64},train/fractured/missing.jpg,knee,xray,,0,a radiograph of another copy of the set")
     path.write_text("\n".join(text) + "\n")
-    return FixtureAnnotations(path, body_part, excluded, family_file, unmatched, plain | {family_file})
+    return FixtureAnnotations(path, body_part, excluded, family_file, unmatched, by_place, plain | {family_file})
+
+
+def build_learnable_fixture(folder: Path, per_class: int = 48, size: int = 96) -> Path:
+    """Write distinct synthetic radiographs that a network can learn to tell apart into ``folder/train/{fractured,
+    not_fractured}/`` and return ``folder``: every image is a bone over soft tissue (``xray``), and each fractured
+    one also carries a bright band across it, a mark that rotation, shifts, zoom and flips keep."""
+    rng = np.random.default_rng(SEED + 1)
+    rows = np.arange(size)[:, None]
+    for label in CLASSES:
+        for i in range(per_class):
+            image = xray(rng, size, size, fractured=False).astype(np.float32)
+            if label == "fractured":
+                centre, half_width = rng.uniform(0.3, 0.7) * size, 0.06 * size
+                image += 120 * (np.abs(rows - centre) < half_width)
+            path = Path(folder) / "train" / label / f"{label[0]}_{i:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
+    return Path(folder)

@@ -99,13 +99,15 @@ def test_fold_means_and_spreads_recompute_from_the_folds(metrics):
 
 
 def check_threshold(folder, metrics):
-    """Check that a run's threshold is the highest reaching the target sensitivity it was given, on its validation
-    radiographs (each fold's validation part, a radiograph once per fold), recomputed from its files."""
+    """Check that a run's threshold is the highest reaching the target sensitivity it was given, on the validation
+    radiographs of every seed's fold models (a radiograph once per fold model), recomputed from its files."""
     val = pd.read_csv(folder / "validation_predictions.csv")
-    folds = pd.read_csv(folder / "folds.csv")
-    for k, run in val.groupby("fold"):  # each fold's model predicted exactly its own validation part
+    folds = pd.read_csv(folder / "folds.csv")  # the first seed's
+    assert val["seed"].unique().tolist() == metrics["parameters"]["seeds"]
+    first = val[val["seed"] == metrics["parameters"]["seeds"][0]]
+    for k, run in first.groupby("fold"):  # each fold's model predicted exactly its own validation part
         assert sorted(run["path"]) == sorted(folds[(folds["fold"] == k) & (folds["part"] == "val")]["path"])
-    radiographs = val.groupby(["fold", "group"]).agg(label=("label", "first"), p=("p_fractured", "mean"))
+    radiographs = val.groupby(["seed", "fold", "group"]).agg(label=("label", "first"), p=("p_fractured", "mean"))
     target = metrics["parameters"]["target_sensitivity"]
     assert metrics["test"]["target_sensitivity"] == target
     positives = np.sort(radiographs.loc[radiographs["label"] == "fractured", "p"].to_numpy())[::-1]

@@ -219,3 +219,19 @@ def test_no_function_reads_a_parameter_global():
             if read := sorted(free_names(function) & forbidden):
                 found[name] = read
     assert found == {}, f"functions reading parameter globals: {found}"
+
+
+def test_one_function_trains_a_fold_and_every_seed_goes_through_one_cross_validation():
+    """One code path per job: train_fold is called in one place (cross_validate), Keras's fit in one (train_fold),
+    and cross_validate by one cell, for every seed."""
+    calls = {}
+    for cell in code_cells():
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+                owner = getattr(getattr(node.func, "value", None), "id", "")  # model.fit: Keras's, not a scaler's
+                calls.setdefault(f"{owner}.{name}" if name == "fit" else name, []).append(cell.source)
+    assert len(calls["train_fold"]) == 1 and "def cross_validate(" in calls["train_fold"][0]
+    assert len(calls["model.fit"]) == 1 and "def train_fold(" in calls["model.fit"][0]
+    (caller,) = calls["cross_validate"]
+    assert "for seed in settings.seeds" in caller

@@ -1,5 +1,6 @@
-"""The README's commands do what it says: the run command executes the notebook into an HTML report in the run's
-folder (or ends with the notebook's one message), and the test command is exactly what CI (`.ci/run`) runs."""
+"""The README's commands do what it says: each is one line a person can type; the run command (`bin/run-notebook`)
+executes the notebook into an HTML report in the run's folder (or ends with the notebook's one message), and the test
+command is exactly what CI (`.ci/run`) runs."""
 
 import ast
 import json
@@ -15,6 +16,13 @@ def readme_block(marker, language="sh"):
     """Return the code block that follows <!-- marker --> in the README, as written."""
     after = (ROOT / "README.md").read_text().split(f"<!-- {marker} -->", 1)[1]
     return after.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_commands_are_one_line_each():
+    for marker in ("run-command", "test-command", "predict-command"):
+        block = readme_block(marker)
+        assert len(block.strip().splitlines()) == 1 and "\\\n" not in block, (marker, block)
+    assert "bin/run-notebook" in readme_block("run-command") and (ROOT / "bin/run-notebook").is_file()
 
 
 def test_readme_run_command_executes_the_notebook_into_an_html_report_in_the_run_folder(fixture, tmp_path):

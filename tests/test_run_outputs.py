@@ -88,15 +88,17 @@ def test_confusion_matrix_report_and_rates_are_at_the_one_threshold(notebook_run
         assert (pd.read_csv(notebook_run / "test_predictions.csv")["predicted"] == called).all()
 
 
-def test_history_has_one_row_per_fold_and_epoch(notebook_run, metrics):
+def test_history_has_one_row_per_seed_fold_and_epoch(notebook_run, metrics):
     history = pd.read_csv(notebook_run / "history.csv")
-    assert list(history.columns[:2]) == ["fold", "epoch"]
-    assert {"loss", "val_loss", "val_roc_auc", "learning_rate", "seconds"} <= set(
-        history.columns)
-    folds = metrics["training"]["folds"]
-    assert [f["fold"] for f in folds] == sorted(history["fold"].unique()) == [1, 2]
+    assert list(history.columns[:3]) == ["seed", "fold", "epoch"]
+    assert {"loss", "val_loss", "val_roc_auc", "learning_rate", "seconds"} <= set(history.columns)
+    assert history["seed"].unique().tolist() == metrics["parameters"]["seeds"]  # every seed trained the same way
+    assert metrics["training"]["seconds"] == pytest.approx(history["seconds"].sum(), abs=1)
+    folds = metrics["training"]["folds"]  # the first seed's
+    first = history[history["seed"] == metrics["parameters"]["seeds"][0]]
+    assert [f["fold"] for f in folds] == sorted(first["fold"].unique()) == [1, 2]
     for summary in folds:
-        run = history[history["fold"] == summary["fold"]]
+        run = first[first["fold"] == summary["fold"]]
         assert run["epoch"].tolist() == list(range(1, summary["epochs_run"] + 1))
         assert summary["best_epoch"] == int(run.loc[run["val_loss"].idxmin(), "epoch"])
 
@@ -150,8 +152,7 @@ def test_the_model_carries_its_contract(notebook_run, metrics):
     assert contract["members"] == parameters["folds"] * len(parameters["seeds"])  # the fold models of every seed
     assert contract["test_time_augmentation"] == parameters["tta"]
     assert contract["backbone"] == (parameters["backbone"] or "sequential cnn")
-    assert contract["evaluation"]["roc_auc"] == test["per_radiograph"]["cnn"]["roc_auc"]
-    assert contract["evaluation"]["radiographs"] == test["per_radiograph"]["cnn"]["n"]
+    assert contract["evaluation"]["radiographs"] == test["per_radiograph"]["cnn"]["n"]  # every radiograph scored
     assert "out of fold" in contract["evaluation"]["scope"]
     assert contract["notebook_version"] == metrics["notebook_version"] and contract["run"] == metrics["run"]
     assert contract["run"] == notebook_run.name and contract["parameters"] == parameters
@@ -253,6 +254,23 @@ def test_each_seed_and_the_seeds_together_recompute_from_seed_predictions_csv(no
         assert found["ci95"][0] <= expected <= found["ci95"][1]
     contract = json.loads((notebook_run / "model.json").read_text())
     assert contract["members"] == metrics["parameters"]["folds"] * len(seeds)  # the fold models of every seed
+
+
+def test_model_json_scores_the_seeds_ensemble_at_the_shipped_threshold(notebook_run, metrics):
+    """The shipped model averages every seed's fold models: its figures are the seeds' ensemble out of fold, at the
+    threshold it ships with, recomputed from seed_predictions.csv."""
+    from sklearn.metrics import roc_auc_score
+
+    scored = pd.read_csv(notebook_run / "seed_predictions.csv")
+    together = scored.groupby("group").agg(label=("label", "first"), p=("p_fractured", "mean"))
+    contract = json.loads((notebook_run / "model.json").read_text())
+    found, fractured = contract["evaluation"], together["label"] == "fractured"
+    called = together["p"] >= contract["threshold"]
+    assert found == metrics["shipped"] and found["radiographs"] == len(together)
+    assert found["roc_auc"] == pytest.approx(roc_auc_score(fractured, together["p"]), abs=1e-6)
+    assert found["sensitivity"] == pytest.approx(called[fractured].mean())
+    assert found["specificity"] == pytest.approx(1 - called[~fractured].mean())
+    assert found["roc_auc_ci95"][0] <= found["roc_auc"] <= found["roc_auc_ci95"][1]
 
 
 def documented_outputs():
