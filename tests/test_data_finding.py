@@ -45,7 +45,7 @@ def test_the_positive_class_folder_is_read_by_meaning(nb, name):
 
 
 @pytest.mark.parametrize("name", ["not fractured", "not_fractured", "Not Fractured", "not-fractured", "NOT__FRACTURED",
-                                  "not - fractured"])
+                                  "not - fractured", "Non_fractured", "non fractured"])
 def test_every_spelling_of_the_negative_class_folder_is_accepted(nb, name):
     assert nb["class_of"](name) == "not_fractured"
 
@@ -77,8 +77,8 @@ def test_class_folders_are_found_by_meaning_and_an_unknown_or_doubled_one_is_ref
 def test_the_shallowest_folder_holding_the_splits_is_used(nb, tmp_path):
     root = make_archive(tmp_path / "download")
     make_archive(root / "train" / "fractured" / "old_copy")  # a deeper copy of the layout: never preferred
-    assert nb["find_split_root"](tmp_path / "download") == root
-    assert nb["find_split_root"](tmp_path / "download", depth=1) is None  # the splits are two levels down
+    assert nb["find_data_folders"](tmp_path / "download") == [root]
+    assert nb["find_data_folders"](tmp_path / "download", depth=1) == []  # the splits are two levels down
 
 
 @pytest.mark.parametrize("mount", ["bone-fracture-data", f"datasets/{KAGGLE_DATASET}"])
@@ -86,7 +86,7 @@ def test_an_attached_kaggle_dataset_is_found_when_data_dir_is_left_empty(nb, tmp
     kaggle_input = tmp_path / "kaggle" / "input"
     root = make_archive(kaggle_input / mount)
     (kaggle_input / "another-dataset" / "train" / "cats").mkdir(parents=True)  # attached beside it: not ours
-    assert nb["locate_data"]("", str(kaggle_input), False) == root
+    assert nb["locate_data"]("", str(kaggle_input), False) == [root]
     with pytest.raises(nb["DataError"]) as given:  # a DATA_DIR that was set is never swapped for Kaggle's input
         nb["locate_data"](str(tmp_path / "elsewhere"), str(kaggle_input), False)
     assert str(tmp_path / "elsewhere") in str(given.value) and "not found" in str(given.value)
@@ -97,7 +97,7 @@ def test_the_archive_unzipped_next_to_the_notebook_is_found(nb, tmp_path, elsewh
         nb["locate_data"]("", str(tmp_path / "no_kaggle"), False)
     assert str(elsewhere) in str(nothing.value) and "(not found)" in str(nothing.value)  # Kaggle's folder is absent
     root = make_archive(elsewhere / "data")
-    assert nb["locate_data"]("", str(tmp_path / "no_kaggle"), False).resolve() == root.resolve()
+    assert [found.resolve() for found in nb["locate_data"]("", str(tmp_path / "no_kaggle"), False)] == [root.resolve()]
 
 
 def test_a_successful_download_is_used_as_kagglehub_lays_it_out(nb, tmp_path, elsewhere, monkeypatch):
@@ -110,7 +110,7 @@ def test_a_successful_download_is_used_as_kagglehub_lays_it_out(nb, tmp_path, el
     with pytest.raises(nb["DataError"]):  # without `download`, nothing is fetched
         nb["locate_data"]("", str(tmp_path / "none"), False)
     assert calls == []
-    assert nb["locate_data"]("", str(tmp_path / "none"), True) == root
+    assert nb["locate_data"]("", str(tmp_path / "none"), True) == [root]
     assert calls == [KAGGLE_DATASET]
     assert nb["class_folders"](root)["label"].value_counts().to_dict() == {"fractured": 3, "not_fractured": 3}
 
@@ -123,8 +123,56 @@ def test_hidden_and_system_files_and_the_output_folder_are_listed_as_not_data(nb
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(b"x")
     os.symlink(folder / "gone.png", folder / "link.png")  # a broken link is listed: the integrity check reports it
-    listed = nb["list_files"](nb["class_folders"](root), folder / "output")
+    listed = nb["list_files"](nb["class_folders"](root).assign(dataset="data"), folder / "output")
     hidden = dict(zip(listed["path"].map(lambda p: str(Path(p).relative_to(folder))), listed["hidden"]))
     assert hidden == {"a.png": False, "nested/b.jpg": False, "link.png": False, ".DS_Store": True, "Thumbs.db": True,
                       "desktop.ini": True, ".ipynb_checkpoints/a-checkpoint.png": True, "output/run/index.csv": True}
     assert set(listed["label"]) == {"fractured"} and set(listed["original_split"]) == {"train"}
+
+
+def make_fracatlas(folder):
+    """Lay out FracAtlas as its archive unzips under `folder` (empty class folders, no split); return its folder."""
+    root = folder / "FracAtlas"
+    for label in ("Fractured", "Non_fractured"):
+        (root / "images" / label).mkdir(parents=True)
+    (root / "Annotations" / "COCO JSON").mkdir(parents=True)
+    return root
+
+
+def test_fracatlas_is_found_as_its_archive_unzips_its_images_forming_the_split_all(nb, tmp_path):
+    root = make_fracatlas(tmp_path / "download")
+    assert nb["find_data_folders"](tmp_path / "download") == [root]
+    found = nb["class_folders"](root)
+    assert sorted(zip(found["split"], found["label"], found["folder"].map(lambda f: f.name))) == [
+        ("all", "fractured", "Fractured"), ("all", "not_fractured", "Non_fractured")]
+
+
+def test_several_data_folders_are_found_each_named_and_one_without_data_is_refused(nb, tmp_path):
+    kaggle, fracatlas = make_archive(tmp_path / "kaggle"), make_fracatlas(tmp_path / "fracatlas")
+    found = nb["locate_data"](f"{tmp_path / 'kaggle'}, {tmp_path / 'fracatlas'}", "", False)
+    assert found == [kaggle, fracatlas]
+    assert list(nb["data_sets"](found)) == ["Bone_Fracture_Binary_Classification", "FracAtlas"]
+    assert list(nb["data_sets"]([kaggle, make_archive(tmp_path / "copy")])) == [
+        "Bone_Fracture_Binary_Classification", "Bone_Fracture_Binary_Classification-2"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(nb["DataError"]) as given:
+        nb["locate_data"](f"{tmp_path / 'kaggle'},{tmp_path / 'empty'}", "", False)
+    assert str(tmp_path / "empty") in str(given.value) and str(tmp_path / "kaggle") not in str(given.value)
+
+
+def test_fracatlas_dataset_csv_is_read_as_its_annotation(nb, tmp_path):
+    root = make_fracatlas(tmp_path)
+    (root / "dataset.csv").write_text(
+        "image_id,hand,leg,hip,shoulder,mixed,hardware,multiscan,fractured,fracture_count,frontal,lateral,oblique\n"
+        "IMG0000001.jpg,1,0,0,0,0,0,0,1,1,1,0,0\n"
+        "IMG0000002.jpg,0,1,0,0,0,1,1,0,0,1,1,0\n"
+        "IMG0000003.jpg,0,1,1,0,1,0,0,0,0,0,0,1\n")
+    table = nb["data_set_annotations"](root)
+    assert table["file"].tolist() == ["all/fractured/IMG0000001.jpg", "all/not_fractured/IMG0000002.jpg",
+                                      "all/not_fractured/IMG0000003.jpg"]
+    assert table["body_part"].tolist() == ["hand", "leg", "mixed"] and table["marks"].tolist() == ["", "hardware", ""]
+    assert table["note"].tolist() == ["views: frontal", "views: frontal+lateral", "views: oblique"]
+    assert nb["data_set_annotations"](tmp_path / "elsewhere") is None
+    (root / "dataset.csv").write_text("id,label\n1,2\n")
+    with pytest.raises(nb["DataError"], match="not FracAtlas's dataset.csv"):
+        nb["data_set_annotations"](root)

@@ -51,7 +51,7 @@ def test_index_holds_every_good_image_once(notebook_run, fixture):
 
 def test_the_archive_layout_is_found_below_the_unzip_folder_and_read_by_meaning(metrics, fixture):
     assert fixture.folder != fixture.root and fixture.negative == "not fractured"
-    assert metrics["data"]["folder"] == str(fixture.root.resolve())
+    assert metrics["data"]["folders"] == {fixture.root.name: str(fixture.root.resolve())}
     assert metrics["parameters"]["data_dir"] == str(fixture.folder)
     index_labels = {label for by_class in metrics["data"]["good_in_published_folders"].values() for label in by_class}
     assert index_labels == {"fractured", "not_fractured"}  # labels keep their canonical names in every output
