@@ -361,19 +361,32 @@ def write_annotations(fx: Fixture, path: Path) -> FixtureAnnotations:
     return FixtureAnnotations(path, body_part, excluded, family_file, unmatched, by_place, plain | {family_file})
 
 
-def build_learnable_fixture(folder: Path, per_class: int = 48, size: int = 96) -> Path:
-    """Write distinct synthetic radiographs that a network can learn to tell apart into ``folder/train/{fractured,
-    not_fractured}/`` and return ``folder``: every image is a bone over soft tissue (``xray``), and each fractured
-    one also carries a bright band across it, a mark that rotation, shifts, zoom and flips keep."""
-    rng = np.random.default_rng(SEED + 1)
-    rows = np.arange(size)[:, None]
+def build_learnable_fixture(folder: Path, per_class: int = 48, size: int = 96, layout: str = "renamed",
+                            seed: int = 1) -> Path:
+    """Write distinct synthetic radiographs that a network can learn to tell apart and return ``folder``: every image
+    is a bone over soft tissue (``xray``), and each fractured one also carries a bright band across it, a mark that
+    rotation, shifts, zoom and flips keep. ``layout`` "renamed": ``folder/train/{fractured,not_fractured}/``;
+    "fracatlas": FracAtlas's own, ``folder/FracAtlas/images/{Fractured,Non_fractured}/`` with its ``dataset.csv``
+    (every third radiograph a hand, the others legs; every fourth with hardware)."""
+    rng = np.random.default_rng(SEED + seed)
+    rows, table = np.arange(size)[:, None], ["image_id,hand,leg,hip,shoulder,mixed,hardware,multiscan,fractured,"
+                                             "fracture_count,frontal,lateral,oblique"]
     for label in CLASSES:
         for i in range(per_class):
             image = xray(rng, size, size, fractured=False).astype(np.float32)
             if label == "fractured":
                 centre, half_width = rng.uniform(0.3, 0.7) * size, 0.06 * size
                 image += 120 * (np.abs(rows - centre) < half_width)
-            path = Path(folder) / "train" / label / f"{label[0]}_{i:03d}.png"
+            if layout == "fracatlas":
+                name = f"IMG{seed:02d}{len(table):05d}.jpg"
+                folder_name = "Fractured" if label == "fractured" else "Non_fractured"
+                path = Path(folder) / "FracAtlas" / "images" / folder_name / name
+                hand, hardware, fractured = int(i % 3 == 0), int(i % 4 == 0), int(label == "fractured")
+                table.append(f"{name},{hand},{1 - hand},0,0,0,{hardware},0,{fractured},{fractured},1,0,0")
+            else:
+                path = Path(folder) / "train" / label / f"{label[0]}_{i:03d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, quality=95)
+    if layout == "fracatlas":
+        (Path(folder) / "FracAtlas" / "dataset.csv").write_text("\n".join(table) + "\n")
     return Path(folder)

@@ -15,6 +15,7 @@ FIGURES = ["class_distribution", "sample_images", "near_duplicate_similarity", "
            "augmentation_examples", "training_curves", "confusion_matrix", "roc_pr_calibration", "gradcam",
            "body_part_roc_auc", "label_issues", "gallery_fractured_01", "gallery_not_fractured_01"]
 ONLY_WITH_PREDICT = {"predictions.csv", "predictions.png"}  # checked on the published run, which sets PREDICT
+ONLY_WITH_EXTERNAL = {"external_predictions.csv", "external_roc.png"}  # checked in test_learning.py
 
 
 def p_fractured(model, pixels, tta):
@@ -93,7 +94,6 @@ def test_history_has_one_row_per_seed_fold_and_epoch(notebook_run, metrics):
     assert list(history.columns[:3]) == ["seed", "fold", "epoch"]
     assert {"loss", "val_loss", "val_roc_auc", "learning_rate", "seconds"} <= set(history.columns)
     assert history["seed"].unique().tolist() == metrics["parameters"]["seeds"]  # every seed trained the same way
-    assert metrics["training"]["seconds"] == pytest.approx(history["seconds"].sum(), abs=1)
     folds = metrics["training"]["folds"]  # the first seed's
     first = history[history["seed"] == metrics["parameters"]["seeds"][0]]
     assert [f["fold"] for f in folds] == sorted(first["fold"].unique()) == [1, 2]
@@ -287,7 +287,7 @@ def test_every_output_docs_outputs_md_lists_is_written_and_nothing_else(notebook
     listed = documented_outputs()
     reports = {name for name in listed if name.endswith(".html")}  # written by the README's command, not the notebook
     assert len(listed - reports) >= 20
-    for name in sorted(listed - reports - ONLY_WITH_PREDICT):
+    for name in sorted(listed - reports - ONLY_WITH_PREDICT - ONLY_WITH_EXTERNAL):
         assert list(notebook_run.glob(name)), name
     unlisted = [p.name for p in notebook_run.iterdir() if not any(fnmatch.fnmatch(p.name, name) for name in listed)]
     assert unlisted == []  # nothing the table does not list
