@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -367,10 +368,12 @@ def build_learnable_fixture(folder: Path, per_class: int = 48, size: int = 96, l
     is a bone over soft tissue (``xray``), and each fractured one also carries a bright band across it, a mark that
     rotation, shifts, zoom and flips keep. ``layout`` "renamed": ``folder/train/{fractured,not_fractured}/``;
     "fracatlas": FracAtlas's own, ``folder/FracAtlas/images/{Fractured,Non_fractured}/`` with its ``dataset.csv``
-    (every third radiograph a hand, the others legs; every fourth with hardware)."""
+    (every third radiograph a hand, the others legs; every fourth with hardware) and the band of each fractured one
+    outlined as its fracture in ``Annotations/COCO JSON/COCO_fracture_masks.json``."""
     rng = np.random.default_rng(SEED + seed)
     rows, table = np.arange(size)[:, None], ["image_id,hand,leg,hip,shoulder,mixed,hardware,multiscan,fractured,"
                                              "fracture_count,frontal,lateral,oblique"]
+    coco = {"images": [], "annotations": [], "categories": [{"id": 0, "name": "fractured"}]}
     for label in CLASSES:
         for i in range(per_class):
             image = xray(rng, size, size, fractured=False).astype(np.float32)
@@ -383,10 +386,18 @@ def build_learnable_fixture(folder: Path, per_class: int = 48, size: int = 96, l
                 path = Path(folder) / "FracAtlas" / "images" / folder_name / name
                 hand, hardware, fractured = int(i % 3 == 0), int(i % 4 == 0), int(label == "fractured")
                 table.append(f"{name},{hand},{1 - hand},0,0,0,{hardware},0,{fractured},{fractured},1,0,0")
+                if fractured:
+                    coco["images"].append({"id": len(coco["images"]), "width": size, "height": size, "file_name": name})
+                    coco["annotations"].append({"id": len(coco["annotations"]), "image_id": coco["images"][-1]["id"],
+                                                "category_id": 0, "bbox": [0, centre - half_width, size,
+                                                                           2 * half_width]})
             else:
                 path = Path(folder) / "train" / label / f"{label[0]}_{i:03d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, quality=95)
     if layout == "fracatlas":
         (Path(folder) / "FracAtlas" / "dataset.csv").write_text("\n".join(table) + "\n")
+        outlines = Path(folder) / "FracAtlas" / "Annotations" / "COCO JSON" / "COCO_fracture_masks.json"
+        outlines.parent.mkdir(parents=True, exist_ok=True)
+        outlines.write_text(json.dumps(coco))
     return Path(folder)

@@ -85,6 +85,31 @@ def test_the_external_test_scores_every_radiograph_it_never_saw_and_leaves_the_c
     assert (folder / "external_roc.png").stat().st_size > 10_000
 
 
+def test_it_looks_at_the_mark_where_the_data_set_outlines_it(learnt):
+    """FracAtlas-like training radiographs outline their band as the fracture: the maps of the true positives must
+    peak inside it more often than a uniform map would, and hold more of their heat there."""
+    found = json.loads((learnt["folder"] / "metrics.json").read_text())["localisation"]
+    assert found["radiographs"] >= 10
+    assert found["hit"]["mean"] > found["uniform"]["mean"] and found["heat_inside"]["mean"] > found["uniform"]["mean"]
+    assert (learnt["folder"] / "localisation.png").stat().st_size > 10_000
+
+
+def test_boxes_land_on_the_model_input_as_the_fit_places_the_image(tmp_path):
+    import numpy as np
+    from nbhelpers import notebook_namespace
+
+    nb = notebook_namespace(64, tmp_path)
+    squash = nb["box_mask"](100, 200, 100, [(100, 50, 100, 50)], "squash")  # the lower right quarter
+    assert squash[50:, 50:].all() and squash.sum() == 50 * 50
+    pad = nb["box_mask"](100, 200, 100, [(0, 0, 200, 100)], "pad")  # the whole image, between black bars
+    assert pad[25:75].all() and not pad[:25].any() and not pad[75:].any()
+    cam = np.zeros((4, 4))
+    cam[3, 3] = 1.0
+    hit, inside = nb["pointing"](cam, squash)
+    assert hit == 1 and 0.5 < inside <= 1
+    assert nb["pointing"](np.zeros((4, 4)), squash) == (0.25, 0.25)  # no heat: scored as a uniform map
+
+
 def test_an_external_folder_inside_the_training_data_is_refused(tmp_path):
     data = build_learnable_fixture(tmp_path / "data", per_class=2, size=32)
     rendered = failing_run({"BONE_FRACTURE_DATA_DIR": str(data), "BONE_FRACTURE_EXTERNAL": str(data),

@@ -15,7 +15,7 @@ FIGURES = ["class_distribution", "sample_images", "near_duplicate_similarity", "
            "augmentation_examples", "training_curves", "confusion_matrix", "roc_pr_calibration", "gradcam",
            "body_part_roc_auc", "label_issues", "gallery_fractured_01", "gallery_not_fractured_01"]
 ONLY_WITH_PREDICT = {"predictions.csv", "predictions.png"}  # checked on the published run, which sets PREDICT
-ONLY_WITH_EXTERNAL = {"external_predictions.csv", "external_roc.png"}  # checked in test_learning.py
+ONLY_WITH_EXTERNAL = {"external_predictions.csv", "external_roc.png", "localisation.png"}  # test_learning.py
 
 
 def p_fractured(model, pixels, tta):
