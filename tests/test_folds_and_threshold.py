@@ -44,7 +44,7 @@ def test_the_rates_at_a_threshold_count_it_as_fractured(nb):
     y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
     table = pd.DataFrame({"label": np.where(y == 1, "fractured", "not_fractured"),
                           "p": [0.9, 0.8, 0.4, 0.3, 0.7, 0.2, 0.1, 0.05]})
-    found = nb["scores"](table, "p", 0.4)
+    found = nb["prediction_scores"](table, "p", 0.4)
     assert [found[name] for name in ("sensitivity", "specificity", "accuracy", "precision")] == [0.75] * 4
     assert list(nb["decide"]([0.4, 0.39], 0.4)) == ["fractured", "not_fractured"]
 
@@ -157,22 +157,23 @@ def test_plain_training_keeps_the_plain_radiographs_and_refuses_a_part_left_with
     frame.loc[frame["group"] % 7 == 0, "modality"] = "mri"
     frame.loc[frame["group"] == 29, "modality"] = np.nan  # not annotated: not known to be plain
     parts = {"train": frame[frame["group"] < 20], "val": frame[frame["group"] >= 20], "test": frame.iloc[:0]}
-    everything = nb["taught_parts"](parts, "all", 1)
+    everything = nb["training_parts"](parts, "all", 1)
     assert all(everything[name].equals(parts[name]) for name in ("train", "val"))
-    plain = nb["taught_parts"](parts, "plain", 1)
+    plain = nb["training_parts"](parts, "plain", 1)
     for name in ("train", "val"):
         kept = set(plain[name]["group"])
         assert kept == {g for g in parts[name]["group"] if g % 5 and g % 7 and g != 29}, name
         assert len(plain[name]) == parts[name]["group"].isin(kept).sum()  # every copy of a kept radiograph
     figures_only = {**parts, "val": parts["val"].assign(modality="ct")}
     with pytest.raises(nb["DataError"], match="TRAIN_ON=plain leaves fold 3 with .* BONE_FRACTURE_TRAIN_ON=all"):
-        nb["taught_parts"](figures_only, "plain", 3)
+        nb["training_parts"](figures_only, "plain", 3)
 
 
 def test_validation_by_radiograph_watches_at_most_views_images_of_each_drawn_once(nb):
     frame = grouped_frame(40)
-    watched = nb["some_views"](frame, 2, 5)
+    watched = nb["views_per_radiograph"](frame, 2, 5)
     counts = watched.groupby("group").size()
     expected = frame.groupby("group").size().clip(upper=2)
     assert counts.equals(expected) and watched.index.is_monotonic_increasing
-    assert watched.equals(nb["some_views"](frame, 2, 5)) and not watched.equals(nb["some_views"](frame, 2, 6))
+    same, other = nb["views_per_radiograph"](frame, 2, 5), nb["views_per_radiograph"](frame, 2, 6)
+    assert watched.equals(same) and not watched.equals(other)

@@ -235,3 +235,11 @@ def test_one_function_trains_a_fold_and_every_seed_goes_through_one_cross_valida
     assert len(calls["model.fit"]) == 1 and "def train_fold(" in calls["model.fit"][0]
     (caller,) = calls["cross_validate"]
     assert "for seed in settings.seeds" in caller
+
+
+def test_a_reader_reaches_the_first_picture_of_the_data_in_the_first_fifth_of_the_code():
+    """The story follows the data: set-up and infrastructure before the first figure stay under a fifth of the code."""
+    cells = code_cells()
+    lines = [len([line for line in cell.source.splitlines() if line.strip()]) for cell in cells]
+    first = next(i for i, cell in enumerate(cells) if "save_figure(" in cell.source and "def " not in cell.source)
+    assert sum(lines[:first]) <= 0.2 * sum(lines), (sum(lines[:first]), sum(lines))

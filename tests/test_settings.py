@@ -101,7 +101,7 @@ def test_every_knob_is_checked_once_into_one_frozen_settings_object(tmp_path):
 
 def test_setting_converts_the_raw_value_or_names_the_variable(tmp_path):
     nb = notebook_namespace(64, tmp_path)
-    setting, whole = nb["setting"], nb["whole"]
+    setting, whole = nb["setting"], nb["whole_number"]
     assert setting("EPOCHS", "12", *whole(1)) == 12
     assert setting("EPOCHS", 12, *whole(1)) == 12  # papermill injects numbers, not text
     assert setting("DOWNLOAD", "ON", *nb["CHECKS"]["DOWNLOAD"]) is True
