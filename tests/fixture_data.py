@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.ndimage
 from PIL import Image
 
 SPLITS = ("train", "val", "test")
@@ -365,8 +366,9 @@ def write_annotations(fx: Fixture, path: Path) -> FixtureAnnotations:
 def build_learnable_fixture(folder: Path, per_class: int = 48, size: int = 96, layout: str = "renamed",
                             seed: int = 1) -> Path:
     """Write distinct synthetic radiographs that a network can learn to tell apart and return ``folder``: every image
-    is a bone over soft tissue (``xray``), and each fractured one also carries a bright band across it, a mark that
-    rotation, shifts, zoom and flips keep. ``layout`` "renamed": ``folder/train/{fractured,not_fractured}/``;
+    is a bone over soft tissue (``xray``) with a fine texture of its own (so that the audit's fine check tells them
+    apart), and each fractured one also carries a bright band across it, a mark that rotation, shifts, zoom and
+    flips keep. ``layout`` "renamed": ``folder/train/{fractured,not_fractured}/``;
     "fracatlas": FracAtlas's own, ``folder/FracAtlas/images/{Fractured,Non_fractured}/`` with its ``dataset.csv``
     (every third radiograph a hand, the others legs; every fourth with hardware) and the band of each fractured one
     outlined as its fracture in ``Annotations/COCO JSON/COCO_fracture_masks.json``."""
@@ -377,6 +379,7 @@ def build_learnable_fixture(folder: Path, per_class: int = 48, size: int = 96, l
     for label in CLASSES:
         for i in range(per_class):
             image = xray(rng, size, size, fractured=False).astype(np.float32)
+            image += 75 * scipy.ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), 1.5)  # its own fine detail
             if label == "fractured":
                 centre, half_width = rng.uniform(0.3, 0.7) * size, 0.06 * size
                 image += 120 * (np.abs(rows - centre) < half_width)
