@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import scipy.ndimage
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -73,8 +74,10 @@ def generate_images(folder: Path, count: int, seed: int) -> list[tuple[Path, str
     for i in range(count):
         label = "fractured" if i % 2 == 0 else "not_fractured"
         width, height = (int(v) for v in rng.integers(300, 2001, 2))
-        small = xray(rng, max(64, width // 4), max(64, height // 4), fractured=label == "fractured")
-        image = Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
+        small = xray(rng, max(64, width // 4), max(64, height // 4), fractured=label == "fractured").astype(float)
+        small += 75 * scipy.ndimage.gaussian_filter(rng.normal(0, 1, small.shape), 1.5)  # a texture of its own
+        image = Image.fromarray(np.clip(small, 0, 255).astype(np.uint8)).resize((width, height),
+                                                                                Image.Resampling.BILINEAR)
         kind = i % 4
         path = folder / label / f"{i:05d}.{'png' if kind in (0, 3) else 'jpg'}"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,7 +253,8 @@ def generate_rotated_set(folder: Path, count: int, seed: int) -> list[Path]:
 
 
 def audit_speed(ns: dict, folder: Path, count: int) -> dict:
-    """Time the notebook's integrity check and duplicate audit (candidates, verification, groups) end to end."""
+    """Time the notebook's integrity check and duplicate audit (candidates, verification, fine check, groups) end to
+    end."""
     import pandas as pd
 
     settings, cache = ns["settings"], folder / "cache"
@@ -260,9 +264,7 @@ def audit_speed(ns: dict, folder: Path, count: int) -> dict:
         records = list(pool.map(lambda path: ns["inspect_image"](path, settings, cache), paths))
     good = pd.DataFrame(records).assign(original_split="train", label="fractured")
     checked = time.perf_counter()
-    distinct = good.drop_duplicates("sha1").reset_index(drop=True)
-    verified = ns["verified_candidates"](distinct, settings.near_dup_candidates)
-    linked = verified[verified["similarity"] >= settings.near_dup_similarity]
+    distinct, verified, linked = ns["linked_copies"](good, settings)
     groups = ns["duplicate_groups"](good, ns["duplicate_pairs"](good, distinct, linked))
     done = time.perf_counter()
     planted = max(1, count // 100) + count - int(count * 0.91)  # sources, plus originals without copies
