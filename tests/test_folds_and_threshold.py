@@ -20,7 +20,8 @@ def grouped_frame(groups, seed=0):
     """A table of images in `groups` duplicate groups of 1 to 5 images, a third of the groups fractured."""
     rng = np.random.default_rng(seed)
     group = np.repeat(np.arange(groups), rng.integers(1, 6, groups))
-    return pd.DataFrame({"group": group, "label": np.where(group % 3 == 0, "fractured", "not_fractured")})
+    return pd.DataFrame({"group": group, "label": np.where(group % 3 == 0, "fractured", "not_fractured"),
+                         "fold_group": group})
 
 
 def no_group_on_two_sides(parts):
@@ -47,6 +48,25 @@ def test_the_rates_at_a_threshold_count_it_as_fractured(nb):
     found = nb["prediction_scores"](table, "p", 0.4)
     assert [found[name] for name in ("sensitivity", "specificity", "accuracy", "precision")] == [0.75] * 4
     assert list(nb["decide"]([0.4, 0.39], 0.4)) == ["fractured", "not_fractured"]
+
+
+def test_fold_groups_join_radiographs_of_one_block_of_fracatlas_ids_and_their_copies_elsewhere(nb):
+    frame = pd.DataFrame({
+        "path": ["a/IMG0000021.jpg", "a/IMG0000025.jpg", "a/IMG0000039.jpg", "a/IMG0000040.jpg",
+                 "kaggle/IMG0000040.jpg", "kaggle/91-rotated1.jpg", "kaggle/5.png", "kaggle/6.png"],
+        "group": [0, 1, 2, 3, 3, 4, 5, 5]})
+    unit = nb["fold_groups"](frame, 20).to_list()
+    assert unit[0] == unit[1] == unit[2]  # ids 21, 25 and 39: block 1 of 20 ids, three radiographs
+    assert unit[3] == unit[4] and unit[3] != unit[0]  # id 40 opens block 2; the Kaggle copy follows its radiograph
+    assert unit[6] == unit[7] and len({unit[3], unit[5], unit[6]}) == 3  # other files: their radiograph alone
+    alone = nb["fold_groups"](frame, 0).to_list()
+    assert len(set(alone)) == 6 and alone[3] == alone[4]  # ID_BLOCK=0: the radiographs as the audit found them
+    blocks = pd.DataFrame({"path": [f"IMG{i:07d}.jpg" for i in range(400)], "group": range(400),
+                           "label": np.where(np.arange(400) % 40 < 8, "fractured", "not_fractured")})
+    blocks["fold_group"] = nb["fold_groups"](blocks, 20)
+    blocks["fold"] = nb["grouped_folds"](blocks, 5, seed=0)
+    assert blocks["fold_group"].nunique() == 20
+    assert (blocks.groupby(np.arange(400) // 20)["fold"].nunique() == 1).all()  # every block in one fold
 
 
 def test_single_split_never_cuts_a_group_and_follows_the_fractions(nb):
