@@ -63,16 +63,19 @@ def test_the_features_are_computed_once_per_image_and_kept_in_the_cache(hed_run)
     assert np.load(next(store.glob("*.npy"))).shape == (512,)  # block 5's maps, pooled
 
 
-def test_the_saved_model_scores_images_as_the_cross_validation_did(hed_run):
-    """The head was trained on cached features; the shipped fold models are trunk and head in one: on the cached
-    images they give the out-of-fold probabilities the run recorded."""
+def test_the_saved_model_scores_images_as_the_cross_validation_did(nb, hed_run):
+    """The head was trained on cached features; the shipped model keeps the trunk once and every fold's head: each
+    head on the trunk gives, on the cached images, the out-of-fold probabilities the run recorded."""
     import keras
 
     folder = hed_run["folder"]
     contract = json.loads((folder / "model.json").read_text())
     assert contract["backbone"] == "hed" and contract["gradcam_layer"] == "last_conv"
     model = keras.models.load_model(folder / "model.keras")
-    members = {layer.name: layer for layer in model.layers if isinstance(layer, keras.Sequential)}
+    trunk_bytes = 4 * model.get_layer("trunk").count_params()  # float32
+    assert (folder / "model.keras").stat().st_size < 1.2 * trunk_bytes  # one trunk for all fold models, not one each
+    members = {member.name: member for member in nb["ensemble_members"](model)}
+    assert len(members) == contract["members"]
     oof = pd.read_csv(folder / "test_predictions.csv")
     index = pd.read_csv(folder / "index.csv").set_index("path")
     for k, part in oof.groupby("fold"):
