@@ -11,9 +11,10 @@ the out-of-fold figure is 0.5 and this test fails.)"""
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
-from conftest import execute_notebook, failing_run, run_folder
+from conftest import execute_notebook, failing_run, new_folder, run_folder
 from fixture_data import build_learnable_fixture
 from sklearn.metrics import roc_auc_score
 
@@ -36,7 +37,7 @@ def learnt(tmp_path_factory):
                                  "BONE_FRACTURE_EXTERNAL": str(external),
                                  "BONE_FRACTURE_OUTPUT_DIR": str(work / "output")})
     assert error is None, error
-    return {"folder": run_folder(work / "output"), "copy": copy}
+    return {"folder": run_folder(work / "output"), "copy": copy, "external": external, "work": work}
 
 
 def per_radiograph(predictions):
@@ -83,6 +84,41 @@ def test_the_external_test_scores_every_radiograph_it_never_saw_and_leaves_the_c
     card = (folder / "model_card.md").read_text()
     assert card.index("On radiographs from elsewhere") < card.index("What this run shows")
     assert (folder / "external_roc.png").stat().st_size > 10_000
+
+
+def numbers(value, key=""):
+    """Every number inside nested dicts and lists, by its path (NaN as None, strings and booleans as they are)."""
+    if isinstance(value, dict):
+        return {k: v for name, item in value.items() for k, v in numbers(item, f"{key}/{name}").items()}
+    if isinstance(value, list):
+        return {k: v for n, item in enumerate(value) for k, v in numbers(item, f"{key}/{n}").items()}
+    return {key: None if isinstance(value, float) and np.isnan(value) else value}
+
+
+def test_the_saved_model_tested_without_retraining_gives_the_same_external_figures(learnt):
+    """MODEL and EXTERNAL: no training; the saved model, its training images (from its run's index.csv) and the
+    seeds and audit of its run give back the external figures and predictions of the training run."""
+    output = learnt["folder"].parent  # the training run's OUTPUT_DIR, with its cache
+    before = set(output.iterdir())
+    _, error = execute_notebook({"BONE_FRACTURE_MODEL": str(learnt["folder"] / "model.keras"),
+                                 "BONE_FRACTURE_EXTERNAL": str(learnt["external"]), "BONE_FRACTURE_SEEDS": "1",
+                                 "BONE_FRACTURE_ANNOTATIONS": "none", "BONE_FRACTURE_OUTPUT_DIR": str(output)})
+    assert error is None, error
+    again = new_folder(output, before)
+    assert not (again / "history.csv").exists()  # nothing trained
+    before = json.loads((learnt["folder"] / "metrics.json").read_text())["external"]
+    after = json.loads((again / "metrics.json").read_text())["external"]
+    for part in ("views", "at_threshold", "body_parts"):
+        expected, found = numbers(before[part]), numbers(after[part])
+        assert found.keys() == expected.keys()
+        for key, value in expected.items():
+            assert found[key] == (value if isinstance(value, str | bool) or value is None
+                                  else pytest.approx(value, abs=1e-6)), key
+    assert after["copies_of_training_left_out"] == before["copies_of_training_left_out"] == 1
+    scored = [pd.read_csv(folder / "external_predictions.csv", keep_default_na=False).set_index("path")
+              for folder in (learnt["folder"], again)]
+    np.testing.assert_allclose(scored[1].loc[scored[0].index, "p_fractured"], scored[0]["p_fractured"], atol=1e-5)
+    assert (again / "model_card.md").read_text().startswith("# External test of")
 
 
 def test_it_looks_at_the_mark_where_the_data_set_outlines_it(learnt):
