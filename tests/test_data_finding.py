@@ -171,7 +171,7 @@ def test_fracatlas_dataset_csv_is_read_as_its_annotation(nb, tmp_path):
     assert table["file"].tolist() == ["all/fractured/IMG0000001.jpg", "all/not_fractured/IMG0000002.jpg",
                                       "all/not_fractured/IMG0000003.jpg"]
     assert table["body_part"].tolist() == ["hand", "leg", "mixed"] and table["marks"].tolist() == ["", "hardware", ""]
-    assert table["note"].tolist() == ["views: frontal", "views: frontal+lateral", "views: oblique"]
+    assert table["note"].tolist() == ["projections: frontal", "projections: frontal+lateral", "projections: oblique"]
     assert nb["data_set_annotations"](tmp_path / "elsewhere") is None
     (root / "dataset.csv").write_text("id,label\n1,2\n")
     with pytest.raises(nb["DataError"], match="not FracAtlas's dataset.csv"):
