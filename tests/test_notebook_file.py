@@ -123,6 +123,14 @@ def test_every_section_opens_with_markdown():
     assert len(headings) >= 8
 
 
+def test_the_table_of_contents_links_every_section_heading():
+    """Cell 0's table links each section by the anchor Jupyter and nbconvert give its heading (spaces as '-')."""
+    cells = load().cells
+    anchors = [c.source.splitlines()[0][3:].replace(" ", "-") for c in cells
+               if c.cell_type == "markdown" and c.source.startswith("## ")]
+    assert re.findall(r"\]\(#([^)]+)\)", cells[0].source) == anchors
+
+
 def test_code_cells_are_short():
     long_cells = {i: len(c.source.splitlines()) for i, c in enumerate(code_cells())
                   if len(c.source.splitlines()) > 40 and "parameters" not in c.metadata.get("tags", [])}
