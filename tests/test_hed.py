@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import execute_notebook, run_folder
-from fixture_data import build_fixture
+from fixture_data import build_fixture, build_learnable_fixture
 from nbhelpers import notebook_namespace
 from PIL import Image
 
@@ -43,11 +43,13 @@ def test_a_frozen_trunk_does_not_go_with_test_time_flips(tmp_path):
 
 @pytest.fixture(scope="module")
 def hed_run(tmp_path_factory):
-    """A quick training run on HED's trunk at 32 px: 2 folds, 2 epochs, one seed."""
+    """A quick training run on HED's trunk at 32 px: 2 folds, 2 epochs, one seed; tested on an external set."""
     work = tmp_path_factory.mktemp("hed-run")
     data = build_fixture(work / "data", with_odd_forms=False)
+    external = build_learnable_fixture(work / "external", per_class=6, size=48, layout="fracatlas", seed=5)
     output = work / "out"
     _, error = execute_notebook({"BONE_FRACTURE_DATA_DIR": str(data.folder), "BONE_FRACTURE_OUTPUT_DIR": str(output),
+                                 "BONE_FRACTURE_EXTERNAL": str(external),
                                  "BONE_FRACTURE_BACKBONE": "hed", "BONE_FRACTURE_IMG_SIZE": "32",
                                  "BONE_FRACTURE_FOLDS": "2", "BONE_FRACTURE_EPOCHS": "2",
                                  "BONE_FRACTURE_BOOTSTRAP": "100", "BONE_FRACTURE_ANNOTATIONS": "none"}, timeout=900)
@@ -59,7 +61,7 @@ def test_the_features_are_computed_once_per_image_and_kept_in_the_cache(hed_run)
     index = pd.read_csv(hed_run["folder"] / "index.csv")
     (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-features")]
     used = index.loc[index["note"].isna(), "cache"].map(lambda path: path.rsplit("/", 1)[1].removesuffix(".png"))
-    assert {p.stem for p in store.glob("*.npy")} == set(used)
+    assert set(used) <= {p.stem for p in store.glob("*.npy")}  # and the external images' (below)
     assert np.load(next(store.glob("*.npy"))).shape == (512,)  # block 5's maps, pooled
 
 
@@ -84,3 +86,19 @@ def test_the_saved_model_scores_images_as_the_cross_validation_did(nb, hed_run):
         found = np.asarray(members[f"seed_7_fold_{k}"](pixels, training=False))[:, 0]
         np.testing.assert_allclose(found, part["p_fractured"], atol=1e-4)
     assert (folder / "gradcam.png").stat().st_size > 10_000
+
+
+def test_the_external_images_are_scored_as_the_saved_model_scores_them(nb, hed_run):
+    """The external test runs the saved model's trunk once per image (its features kept beside the training images')
+    and averages the heads on them: the probabilities of the whole saved model on the same images."""
+    import keras
+
+    folder = hed_run["folder"]
+    scored = pd.read_csv(folder / "external_predictions.csv")
+    assert len(scored) == 12
+    model = keras.models.load_model(folder / "model.keras")
+    pixels = np.stack([nb["model_input"](nb["load_xray"](path), 32, "squash") for path in scored["path"]])
+    np.testing.assert_allclose(np.asarray(model(pixels, training=False))[:, 0], scored["p_fractured"], atol=1e-4)
+    (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-features")]
+    used = pd.read_csv(folder / "index.csv").query("note.isna()")["cache"].nunique()
+    assert len(list(store.glob("*.npy"))) == used + 12  # the training images' features and the external ones'
