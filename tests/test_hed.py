@@ -46,7 +46,7 @@ def hed_run(tmp_path_factory):
     """A quick training run on HED's trunk at 32 px: 2 folds, 2 epochs, one seed; tested on an external set."""
     work = tmp_path_factory.mktemp("hed-run")
     data = build_fixture(work / "data", with_odd_forms=False)
-    external = build_learnable_fixture(work / "external", per_class=6, size=48, layout="fracatlas", seed=5)
+    external = build_learnable_fixture(work / "external", per_class=6, size=48, seed=5)  # no annotation of its own
     output = work / "out"
     _, error = execute_notebook({"BONE_FRACTURE_DATA_DIR": str(data.folder), "BONE_FRACTURE_OUTPUT_DIR": str(output),
                                  "BONE_FRACTURE_EXTERNAL": str(external),

@@ -100,15 +100,17 @@ def numbers(value, key=""):
 
 
 def test_the_saved_model_tested_without_retraining_gives_the_same_external_figures(learnt):
-    """MODEL and EXTERNAL: no training; the saved model, its training images (from its run's index.csv) and the
-    seeds and audit of its run give back the external figures and predictions of the training run."""
-    output = learnt["folder"].parent  # the training run's OUTPUT_DIR, with its cache
-    before = set(output.iterdir())
+    """MODEL and EXTERNAL: no training; the saved model, its training images (from its run's index.csv, decoded
+    again into a cache of the model's own input size) and the seeds and audit of its run give back the external
+    figures and predictions of the training run."""
+    output = learnt["work"] / "tested-later"  # an OUTPUT_DIR of its own: its cache is made at the model's size
     _, error = execute_notebook({"BONE_FRACTURE_MODEL": str(learnt["folder"] / "model.keras"),
                                  "BONE_FRACTURE_EXTERNAL": str(learnt["external"]), "BONE_FRACTURE_SEEDS": "1",
                                  "BONE_FRACTURE_ANNOTATIONS": "none", "BONE_FRACTURE_OUTPUT_DIR": str(output)})
     assert error is None, error
-    again = new_folder(output, before)
+    again = new_folder(output, {output / "cache"})
+    (cache,) = (output / "cache").iterdir()
+    assert cache.name.startswith("64px-")  # the model's input size, not this run's IMG_SIZE (224 by default)
     assert not (again / "history.csv").exists()  # nothing trained
     before = json.loads((learnt["folder"] / "metrics.json").read_text())["external"]
     after = json.loads((again / "metrics.json").read_text())["external"]

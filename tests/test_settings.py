@@ -81,9 +81,12 @@ def test_a_model_without_images_to_predict_is_refused(tmp_path):
     model = tmp_path / "model.keras"
     model.write_bytes(b"a model")
     _, error = settings_outcome({"MODEL": str(model), "PREDICT": None})
-    assert type(error).__name__ == "DataError" and "BONE_FRACTURE_PREDICT is empty" in str(error)
+    assert type(error).__name__ == "DataError"
+    assert "BONE_FRACTURE_PREDICT and BONE_FRACTURE_EXTERNAL are empty" in str(error)
     namespace, error = settings_outcome({"MODEL": str(model), "PREDICT": str(tmp_path)})
     assert error is None and namespace["TRAINING"] is False
+    namespace, error = settings_outcome({"MODEL": str(model), "PREDICT": None, "EXTERNAL": str(tmp_path)})
+    assert error is None and namespace["TRAINING"] is False  # a saved model tested on labelled folders
     namespace, error = settings_outcome({"MODEL": None, "PREDICT": None})
     assert error is None and namespace["TRAINING"] is True
 
