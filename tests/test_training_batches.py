@@ -144,3 +144,21 @@ def test_a_further_seeds_fold_is_summed_up_in_one_line_naming_the_epoch_kept(nb)
                             "seconds": [10.2, 9.9, 10.1], "fold": 2, "epoch": [1, 2, 3]})
     assert nb["fold_line"](2, history) == ("fold 2: 3 epochs in 30 s, best val loss 0.500 at epoch 2 "
                                             "(val ROC-AUC 0.750 per image)")
+
+
+def test_the_validation_loss_from_one_prediction_equals_keras_own_validation_pass(nb, tmp_path):
+    """Early stopping watches validation_loss, computed from the epoch's one prediction of the validation images:
+    it must be the weighted loss Keras's evaluate gives on the same batches and weights."""
+    import keras
+
+    rng = np.random.default_rng(6)
+    paths = [write_image(tmp_path / f"v{i}.png", rng.integers(0, 255, (64, 64), dtype=np.uint8)) for i in range(7)]
+    frame = pd.DataFrame({"cache": paths, "label": ["fractured", "not_fractured"] * 3 + ["fractured"],
+                          "group": [0, 1, 1, 2, 3, 3, 3]})
+    weights = nb["validation_weights"](frame, "class", "radiograph")
+    keras.utils.set_random_seed(5)
+    model = nb["compiled"](nb["build_model"](64), 1, 2, 1e-3)
+    p = nb["predict_fractured"](model, frame, 3, 1)
+    expected = model.evaluate(nb["XrayBatches"](frame, 3, 1, weights=weights), verbose=0)
+    assert nb["validation_loss"](model, frame, p, weights) == pytest.approx(expected, rel=1e-5)
+    assert nb["validation_loss"](model, frame, p, np.ones(7, np.float32)) != pytest.approx(expected, rel=1e-3)
