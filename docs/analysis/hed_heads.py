@@ -4,23 +4,29 @@ trunk's last layer beat the notebook's global average?
 
 Two steps:
 
-    python docs/analysis/hed_heads.py extract RUN_FOLDER MAPS_FOLDER
+    python docs/analysis/hed_heads.py extract RUN_FOLDER MAPS_FOLDER [SIZE]
     python docs/analysis/hed_heads.py heads RUN_FOLDER MAPS_FOLDER FRACATLAS_FOLDER HEAD[,HEAD...] SEED[,SEED...]
 
-RUN_FOLDER: a BACKBONE=hed run of the notebook on FracAtlas (its index.csv, whose cached 224 px images, padded,
-are read, and folds.csv, whose `fold_group` is dealt into 5 stratified grouped folds at each SEED).
-`extract` keeps HED's block4_pool, block5_conv2 and block5_conv3 maps (float16) in MAPS_FOLDER. `heads` trains
+RUN_FOLDER: a BACKBONE=hed run of the notebook on FracAtlas (its index.csv, whose cached 224 px images, stretched
+into the square as the notebook's default fit, are read, and folds.csv, whose `fold_group` is dealt into 5
+stratified grouped folds at each SEED). `extract` keeps HED's block4_pool, block5_conv2 and block5_conv3 maps
+(float16) in MAPS_FOLDER; given SIZE, of the original files stretched into SIZE x SIZE instead. `heads` trains
 each HEAD on the folds (Adam, class-balanced, EPOCHS environment variable, default 15, no early stopping) and
 prints the out-of-fold ROC-AUC per radiograph over all, inside region (weighted by the smaller class, as the
 notebook's matched view) and without hardware. Heads:
 
     lr            logistic regression on the block-5 mean (C=0.01)
     gap           block-5 mean, Dense 128, Dropout, one logit (the notebook's head, without its val part)
-    gapbox1       gap, plus a 1x1 head on the map trained to mark the outlines' boxes (weight 1)
+    gapbox0       a 1x1 convolution (128) on the map, mean-pooled, one logit
+    gapbox1       the same, its convolution also feeding a cell logit trained to mark the outlines' boxes (weight 1)
     lse4, lse8    a logit per map cell, pooled by log-sum-exp (sharpness 4 or 8): multiple-instance learning
     attn          a logit per map cell, pooled by learnt attention (Ilse et al., 2018)
     max           a logit per map cell, the image's logit their maximum
     lse4_box1, attn_box1  the same, each cell's logit also trained on the outlines' boxes
+    win7, win14   patches: the mean of each 7 x 7 (or 14 x 14) window of map cells, half a window apart; a logistic
+                  regression trained on the windows (1: touching a fractured image's box, 0: a not-fractured image's
+                  window; a fractured image's other windows left out, or with `bone`, e.g. win7bone, taught as 0);
+                  the image's probability its windows' largest. win7+lr: its mean with lr's probability
     ft2_gap       gap, with block5_conv3 fine-tuned (from the cached block5_conv2 maps, Adam 1e-4)
     gap_less      gap trained on 77 % of each fold's training units (as many images as the notebook's training
                   part, which gives the rest to validation)
@@ -37,7 +43,7 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageOps
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
@@ -64,11 +70,21 @@ def hed_convolutions():
     return convolutions
 
 
-def extract(run, out):
-    """Keep HED's block4_pool, block5_conv2 and block5_conv3 maps of the run's cached images in `out`."""
+def stretched_original(path, size):
+    """The original file decoded upright in greyscale and stretched into size x size: the notebook's default fit,
+    `squash`, as its cache holds the images."""
+    with Image.open(path) as image:
+        grey = ImageOps.exif_transpose(image).convert("L")
+    return np.asarray(grey.resize((size, size), Image.Resampling.BILINEAR), np.float32)
+
+
+def extract(run, out, size=None):
+    """Keep HED's block4_pool, block5_conv2 and block5_conv3 maps in `out`: of the run's cached images, or (`size`
+    given) of its originals stretched into size x size."""
     used = pd.read_csv(run / "index.csv", keep_default_na=False)
     used = used[used["note"] == ""].drop_duplicates("cache").reset_index(drop=True)
-    size = np.asarray(Image.open(used["cache"][0])).shape[0]
+    cached = np.asarray(Image.open(used["cache"][0])).shape[0]
+    size = size or cached
     inputs = keras.Input((size, size, 3))
     x, taps = keras.layers.Rescaling(1.0, offset=[-m for m in MEAN_RGB])(inputs), {}
     for block, i, kernel, bias in hed_convolutions():
@@ -84,7 +100,9 @@ def extract(run, out):
     model = keras.Model(inputs, [taps["b4pool"], taps["b5conv2"], x])
     kept = {name: [] for name in MAPS}
     for start in range(0, len(used), 64):
-        grey = np.stack([np.asarray(Image.open(p).convert("L"), np.float32) for p in used["cache"][start:start + 64]])
+        rows = used[start:start + 64]
+        grey = np.stack([stretched_original(path, size) for path in rows["path"]] if size != cached else
+                        [np.asarray(Image.open(path).convert("L"), np.float32) for path in rows["cache"]])
         for name, maps in zip(MAPS, model.predict(np.repeat(grey[..., None], 3, -1), batch_size=16, verbose=0)):
             kept[name].append(maps.astype(np.float16))
         print(f"{start + len(grey)} of {len(used)} images", flush=True)
@@ -94,19 +112,46 @@ def extract(run, out):
     used[["path", "cache", "label", "group"]].to_csv(out / "images.csv", index=False)
 
 
-def box_masks(fracatlas, files, grid, size):
-    """A grid x grid mask of each file's fracture boxes (COCO outlines), as padded into the size x size input."""
+def box_masks(fracatlas, files, grid):
+    """A grid x grid mask of each file's fracture boxes (COCO outlines), as stretched into the square input (the
+    notebook's default fit, `squash`, in which the cache holds the images)."""
     coco = json.loads(next((fracatlas / "Annotations").rglob("*.json")).read_text())
     images, masks = {image["id"]: image for image in coco["images"]}, {}
     for outline in coco["annotations"]:
         image = images[outline["image_id"]]
-        scale = size / max(image["width"], image["height"])
-        offset = (size - np.array([image["width"], image["height"]]) * scale) / 2
+        scale = grid / np.array([image["width"], image["height"]])
         x, y, w, h = outline["bbox"]
-        (x0, y0), (x1, y1) = [(np.array(corner) * scale + offset) / size * grid for corner in ([x, y], [x + w, y + h])]
+        (x0, y0), (x1, y1) = np.floor(np.array([x, y]) * scale), np.ceil(np.array([x + w, y + h]) * scale)
         mask = masks.setdefault(image["file_name"], np.zeros((grid, grid), np.float32))
-        mask[int(np.floor(y0)):int(np.ceil(y1)), int(np.floor(x0)):int(np.ceil(x1))] = 1
+        mask[int(y0):int(y1), int(x0):int(x1)] = 1
     return np.stack([masks.get(name, np.zeros((grid, grid), np.float32)) for name in files])
+
+
+def windows(maps, width, pool=tf.nn.avg_pool2d):
+    """Each map's width x width windows of cells, width // 2 apart, pooled (the mean by default):
+    (images, windows, channels)."""
+    pooled = np.concatenate([pool(maps[start:start + 128], width, width // 2, "VALID").numpy()
+                             for start in range(0, len(maps), 128)])
+    return pooled.reshape(len(maps), -1, maps.shape[-1])
+
+
+def mean_lr_probabilities(maps, y, train, test):
+    """Fit a logistic regression on the training images' block-5 means and return each test image's probability."""
+    fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
+    return fitted.fit(maps[train].mean((1, 2)), y[train]).predict_proba(maps[test].mean((1, 2)))[:, 1]
+
+
+def patch_probabilities(features, touched, y, train, test, bone):
+    """Fit a logistic regression on the training images' windows (1: a fractured image's window touching a box, 0:
+    a not-fractured image's window, and, with `bone`, a fractured image's window away from its boxes) and return
+    each test image's probability: its windows' largest."""
+    label = (touched[train] > 0).ravel().astype(np.float32)
+    fractured = np.broadcast_to(y[train, None] == 1, touched[train].shape).ravel()
+    kept = (label == 1) | ~fractured | bone
+    fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000, class_weight="balanced"))
+    fitted.fit(features[train].reshape(-1, features.shape[-1])[kept], label[kept])
+    windows_p = fitted.predict_proba(features[test].reshape(-1, features.shape[-1]))[:, 1]
+    return windows_p.reshape(len(test), -1).max(axis=1)
 
 
 def scores(p, y, group, part, hardware):
@@ -141,11 +186,13 @@ def head(kind, mean, variance, grid):
     inputs = keras.Input((grid, grid, 512))
     x = block5_conv3()(inputs) if kind.startswith("ft2") else inputs
     x = keras.layers.SpatialDropout2D(0.3)(keras.layers.Normalization(mean=mean, variance=variance)(x))
+    if "gapbox" in kind:  # one 1x1 convolution feeds the mean-pooled image logit and the cells the boxes train
+        hidden = keras.layers.Conv2D(128, 1, activation="relu")(x)
+        pooled = keras.layers.Dropout(0.3)(keras.layers.GlobalAveragePooling2D()(hidden))
+        return keras.Model(inputs, [keras.layers.Dense(1)(pooled), keras.layers.Conv2D(1, 1)(hidden)])
     if "gap" in kind:
         pooled = keras.layers.Dropout(0.3)(keras.layers.Dense(128, "relu")(keras.layers.GlobalAveragePooling2D()(x)))
-        hidden = keras.layers.Conv2D(128, 1, activation="relu")(x) if "box" in kind else x
-        cells = keras.layers.Conv2D(1, 1)(hidden)  # trained only with `box`
-        return keras.Model(inputs, [keras.layers.Dense(1)(pooled), cells])
+        return keras.Model(inputs, [keras.layers.Dense(1)(pooled), keras.layers.Conv2D(1, 1)(x)])  # cells unused
     hidden = keras.layers.Conv2D(128, 1, activation="relu", kernel_regularizer=keras.regularizers.l2(1e-4))(x)
     cells = keras.layers.Conv2D(1, 1)(keras.layers.Dropout(0.3)(hidden))
     if "attn" in kind:
@@ -205,18 +252,23 @@ def heads(run, store, fracatlas, kinds, seeds):
     files = images["path"].map(lambda path: Path(path).name)
     part, hardware = files.map(pd.Series(part, table.index)).to_numpy(), files.map(table["hardware"].eq("1")).to_numpy()
     conv3 = np.load(store / "b5conv3.npy").astype(np.float32)
-    masks = box_masks(fracatlas, files, conv3.shape[1], np.asarray(Image.open(images["cache"][0])).shape[0])
+    masks = box_masks(fracatlas, files, conv3.shape[1])
     epochs = int(os.environ.get("EPOCHS", 15))
     for kind in kinds:
         inputs = np.load(store / "b5conv2.npy").astype(np.float32) if kind.startswith("ft2") else conv3
+        if kind.startswith("win"):  # e.g. win14, win14bone, win14+lr, win14bone+lr
+            width = int(kind[3:].split("+")[0].removesuffix("bone"))
+            patches, touched = windows(conv3, width), windows(masks[..., None], width, tf.nn.max_pool2d)[..., 0]
         figures, start = [], time.perf_counter()
         for seed in seeds:
             p = np.zeros(len(y))
             for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(conv3, y, unit):
                 if kind == "lr":
-                    fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
-                    p[test] = fitted.fit(conv3[train].mean((1, 2)), y[train]).predict_proba(
-                        conv3[test].mean((1, 2)))[:, 1]
+                    p[test] = mean_lr_probabilities(conv3, y, train, test)
+                elif kind.startswith("win"):
+                    p[test] = patch_probabilities(patches, touched, y, train, test, bone="bone" in kind)
+                    if kind.endswith("+lr"):
+                        p[test] = (p[test] + mean_lr_probabilities(conv3, y, train, test)) / 2
                 else:
                     if kind.endswith("_less"):  # units drawn at random until 77 % of the images are left
                         units = np.random.default_rng(seed).permutation(np.unique(unit[train]))
@@ -232,7 +284,7 @@ def heads(run, store, fracatlas, kinds, seeds):
 
 if __name__ == "__main__":
     if sys.argv[1] == "extract":
-        extract(Path(sys.argv[2]), Path(sys.argv[3]))
+        extract(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else None)
     else:
         heads(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5].split(","),
               [int(seed) for seed in sys.argv[6].split(",")])
