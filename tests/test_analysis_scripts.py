@@ -58,7 +58,7 @@ def test_windows_pool_each_window_half_a_window_apart(heads):
     assert touched.tolist() == [[0, 0, 1, 0]]  # only the lower left window holds the marked cell
 
 
-def test_patches_taught_by_the_boxes_rank_fractured_images_first(heads):
+def test_patches_are_taught_what_their_windows_hold_and_rank_fractured_images_first(heads, monkeypatch):
     rng = np.random.default_rng(0)
     count, windows = 80, 9
     y = (np.arange(count) % 2).astype(np.float32)
@@ -68,7 +68,28 @@ def test_patches_taught_by_the_boxes_rank_fractured_images_first(heads):
     touched[y == 1, boxed[y == 1]] = 1
     features[y == 1, boxed[y == 1], 0] += 3.0
     train, test = np.arange(0, 60), np.arange(60, count)
-    for bone in (False, True):
-        p = heads.patch_probabilities(features, touched, y, train, test, bone=bone)
+    taught = []  # (windows fitted, windows taught 1) of each fit
+    make_pipeline = heads.make_pipeline
+
+    def recording_pipeline(*steps):
+        pipeline = make_pipeline(*steps)
+        fit = pipeline.fit
+
+        def recorded_fit(x, label):
+            taught.append((len(x), int(label.sum())))
+            return fit(x, label)
+
+        pipeline.fit = recorded_fit
+        return pipeline
+
+    monkeypatch.setattr(heads, "make_pipeline", recording_pipeline)
+    fractured = int(y[train].sum())
+    expected = {"boxes": ((len(train) - fractured) * windows + fractured, fractured),  # other windows left out
+                "bone": (len(train) * windows, fractured),
+                "image": (len(train) * windows, fractured * windows)}
+    for teach, (fitted, ones) in expected.items():
+        p = heads.patch_probabilities(features, touched, y, train, test, teach)
+        assert taught[-1] == (fitted, ones)
         assert p.shape == (len(test),)
-        assert roc_auc_score(y[test], p) > 0.95
+        if teach != "image":
+            assert roc_auc_score(y[test], p) > 0.95

@@ -25,8 +25,10 @@ notebook's matched view) and without hardware. Heads:
     lse4_box1, attn_box1  the same, each cell's logit also trained on the outlines' boxes
     win7, win14   patches: the mean of each 7 x 7 (or 14 x 14) window of map cells, half a window apart; a logistic
                   regression trained on the windows (1: touching a fractured image's box, 0: a not-fractured image's
-                  window; a fractured image's other windows left out, or with `bone`, e.g. win7bone, taught as 0);
-                  the image's probability its windows' largest. win7+lr: its mean with lr's probability
+                  window; a fractured image's other windows left out, or with `bone`, e.g. win7bone, taught as 0;
+                  with `image`, e.g. win7image, every window taught its image's label, the outlines unused); the
+                  image's probability its windows' largest. win7+lr: its mean with lr's probability. At 224 px
+                  (14 x 14 cells) win7's windows start at cells 0, 3 and 6: the last row and column are in none
     ft2_gap       gap, with block5_conv3 fine-tuned (from the cached block5_conv2 maps, Adam 1e-4)
     gap_less      gap trained on 77 % of each fold's training units (as many images as the notebook's training
                   part, which gives the rest to validation)
@@ -141,13 +143,15 @@ def mean_lr_probabilities(maps, y, train, test):
     return fitted.fit(maps[train].mean((1, 2)), y[train]).predict_proba(maps[test].mean((1, 2)))[:, 1]
 
 
-def patch_probabilities(features, touched, y, train, test, bone):
-    """Fit a logistic regression on the training images' windows (1: a fractured image's window touching a box, 0:
-    a not-fractured image's window, and, with `bone`, a fractured image's window away from its boxes) and return
-    each test image's probability: its windows' largest."""
-    label = (touched[train] > 0).ravel().astype(np.float32)
+def patch_probabilities(features, touched, y, train, test, teach):
+    """Fit a logistic regression on the training images' windows and return each test image's probability: its
+    windows' largest. `teach` says what a window is taught: "boxes", 1 for a fractured image's windows that touch
+    one of its boxes and 0 for a not-fractured image's (its other windows left out); "bone", the same with a
+    fractured image's windows away from its boxes taught 0; "image", every window its image's label."""
     fractured = np.broadcast_to(y[train, None] == 1, touched[train].shape).ravel()
-    kept = (label == 1) | ~fractured | bone
+    label = fractured if teach == "image" else (touched[train] > 0).ravel()
+    kept = (label == 1) | ~fractured | (teach != "boxes")
+    label = label.astype(np.float32)
     fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000, class_weight="balanced"))
     fitted.fit(features[train].reshape(-1, features.shape[-1])[kept], label[kept])
     windows_p = fitted.predict_proba(features[test].reshape(-1, features.shape[-1]))[:, 1]
@@ -256,8 +260,10 @@ def heads(run, store, fracatlas, kinds, seeds):
     epochs = int(os.environ.get("EPOCHS", 15))
     for kind in kinds:
         inputs = np.load(store / "b5conv2.npy").astype(np.float32) if kind.startswith("ft2") else conv3
-        if kind.startswith("win"):  # e.g. win14, win14bone, win14+lr, win14bone+lr
-            width = int(kind[3:].split("+")[0].removesuffix("bone"))
+        if kind.startswith("win"):  # e.g. win14, win14bone, win14image, win14+lr, win14bone+lr
+            name = kind[3:].split("+")[0]
+            teach = next((way for way in ("bone", "image") if name.endswith(way)), "boxes")
+            width = int(name.removesuffix(teach))
             patches, touched = windows(conv3, width), windows(masks[..., None], width, tf.nn.max_pool2d)[..., 0]
         figures, start = [], time.perf_counter()
         for seed in seeds:
@@ -266,7 +272,7 @@ def heads(run, store, fracatlas, kinds, seeds):
                 if kind == "lr":
                     p[test] = mean_lr_probabilities(conv3, y, train, test)
                 elif kind.startswith("win"):
-                    p[test] = patch_probabilities(patches, touched, y, train, test, bone="bone" in kind)
+                    p[test] = patch_probabilities(patches, touched, y, train, test, teach)
                     if kind.endswith("+lr"):
                         p[test] = (p[test] + mean_lr_probabilities(conv3, y, train, test)) / 2
                 else:
