@@ -137,10 +137,10 @@ def windows(maps, width, pool=tf.nn.avg_pool2d):
     return pooled.reshape(len(maps), -1, maps.shape[-1])
 
 
-def mean_lr_probabilities(maps, y, train, test):
+def mean_lr_probabilities(means, y, train, test):
     """Fit a logistic regression on the training images' block-5 means and return each test image's probability."""
     fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
-    return fitted.fit(maps[train].mean((1, 2)), y[train]).predict_proba(maps[test].mean((1, 2)))[:, 1]
+    return fitted.fit(means[train], y[train]).predict_proba(means[test])[:, 1]
 
 
 def patch_probabilities(features, touched, y, train, test, teach):
@@ -256,7 +256,7 @@ def heads(run, store, fracatlas, kinds, seeds):
     files = images["path"].map(lambda path: Path(path).name)
     part, hardware = files.map(pd.Series(part, table.index)).to_numpy(), files.map(table["hardware"].eq("1")).to_numpy()
     conv3 = np.load(store / "b5conv3.npy").astype(np.float32)
-    masks = box_masks(fracatlas, files, conv3.shape[1])
+    means, masks = conv3.mean((1, 2)), box_masks(fracatlas, files, conv3.shape[1])
     epochs = int(os.environ.get("EPOCHS", 15))
     for kind in kinds:
         inputs = np.load(store / "b5conv2.npy").astype(np.float32) if kind.startswith("ft2") else conv3
@@ -270,11 +270,11 @@ def heads(run, store, fracatlas, kinds, seeds):
             p = np.zeros(len(y))
             for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(conv3, y, unit):
                 if kind == "lr":
-                    p[test] = mean_lr_probabilities(conv3, y, train, test)
+                    p[test] = mean_lr_probabilities(means, y, train, test)
                 elif kind.startswith("win"):
                     p[test] = patch_probabilities(patches, touched, y, train, test, teach)
                     if kind.endswith("+lr"):
-                        p[test] = (p[test] + mean_lr_probabilities(conv3, y, train, test)) / 2
+                        p[test] = (p[test] + mean_lr_probabilities(means, y, train, test)) / 2
                 else:
                     if kind.endswith("_less"):  # units drawn at random until 77 % of the images are left
                         units = np.random.default_rng(seed).permutation(np.unique(unit[train]))
