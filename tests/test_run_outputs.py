@@ -20,8 +20,8 @@ ONLY_WITH_EXTERNAL = {"external_predictions.csv", "external_roc.png", "localisat
 
 def p_fractured(model, pixels, tta):
     """A model's probability of `fractured` for a batch of model inputs: with `tta`, the mean over the images and
-    their flips left-right, up-down and both (as model.json's `test_time_augmentation` says)."""
-    views = [pixels, pixels[:, :, ::-1], pixels[:, ::-1], pixels[:, ::-1, ::-1]] if tta else [pixels]
+    their left-right mirrors (as model.json's `test_time_augmentation` says)."""
+    views = [pixels, pixels[:, :, ::-1]] if tta else [pixels]
     return np.mean([np.asarray(model(view, training=False))[:, CLASSES.index("fractured")] for view in views], axis=0)
 
 
