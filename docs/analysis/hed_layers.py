@@ -1,0 +1,121 @@
+"""Which of HED's layers, and which views of each image, rank FracAtlas's fractures best? A logistic regression on
+the frozen trunk's pooled features, with the notebook's id-block folds.
+
+Two steps:
+
+    python docs/analysis/hed_layers.py extract RUN_FOLDER FEATURES_FOLDER VIEW
+    python docs/analysis/hed_layers.py score RUN_FOLDER FEATURES_FOLDER FRACATLAS_FOLDER FEATURES[,...] VIEWS[,...]
+
+RUN_FOLDER: a BACKBONE=hed run of the notebook on FracAtlas (as for hed_heads.py: its index.csv, whose cached
+224 px images are read, and folds.csv, whose `fold_group` is dealt into 5 stratified grouped folds at seeds 42, 1
+and 7). `extract` keeps, in FEATURES_FOLDER/VIEW, the mean and the generalised mean (power 3, `gem3`) over the map of
+every convolution and pooling of HED's blocks 3 to 5 (e.g. `b4c3_mean`: block4_conv3's maps, mean-pooled; `b4pool`:
+block 4's pooling), of each cached image seen as VIEW: `image`, `mirror` (left-right), `upside_down` or
+`rotated180`. `score` fits a logistic regression (standardized features, C=0.01) on each FEATURES (`+` joins
+several) and prints the out-of-fold ROC-AUC per radiograph over all, inside region (weighted by the smaller class)
+and without hardware, the mean of the three seeds' figures. VIEWS says which views of each image it is trained on
+and which it averages when scoring, as TRAIN:TEST of view initials (i image, m mirror, u upside down, r rotated):
+`i:i` the image alone, `im:im` the image and its mirror in both (the notebook's frozen trunk with TTA).
+"""
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from hed_heads import BLOCKS, MEAN_RGB, hed_convolutions, scores
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+VIEWS = {"i": "image", "m": "mirror", "u": "upside_down", "r": "rotated180"}
+
+
+def pooled_layers():
+    """HED's trunk (its weights) as a model from an RGB input in 0-255 to two pooled vectors of each layer of blocks
+    3 to 5: the maps' mean and their generalised mean of power 3; and the names of those outputs."""
+    inputs = keras.Input((None, None, 3))
+    x, names, outputs = keras.layers.Rescaling(1.0, offset=[-m for m in MEAN_RGB])(inputs), [], []
+    for block, i, kernel, bias in hed_convolutions():
+        layer = keras.layers.Conv2D(kernel.shape[-1], 3, padding="same", activation="relu")
+        x = layer(x)
+        layer.set_weights([kernel, bias])
+        taps = [(f"b{block}c{i + 1}", x)]
+        if i == BLOCKS[block - 1][1] - 1 and block < 5:
+            x = keras.layers.MaxPooling2D()(x)
+            taps.append((f"b{block}pool", x))
+        for name, maps in taps if block >= 3 else []:
+            names += [f"{name}_mean", f"{name}_gem3"]
+            outputs += [keras.ops.mean(maps, axis=(1, 2)),
+                        keras.ops.power(keras.ops.mean(keras.ops.power(maps, 3), axis=(1, 2)) + 1e-9, 1 / 3)]
+    return keras.Model(inputs, outputs), names
+
+
+def seen_as(grey, view):
+    """A batch of greyscale images (n, height, width) seen as `view`."""
+    if view in ("mirror", "rotated180"):
+        grey = grey[:, :, ::-1]
+    if view in ("upside_down", "rotated180"):
+        grey = grey[:, ::-1, :]
+    return grey
+
+
+def extract(run, out, view):
+    """Keep the pooled features of every layer of blocks 3 to 5 of the run's cached images, seen as `view`, in
+    out/view, a .npy file per output (rows in the order of out/images.csv)."""
+    used = pd.read_csv(run / "index.csv", keep_default_na=False)
+    used = used[used["note"] == ""].drop_duplicates("cache").reset_index(drop=True)
+    model, names = pooled_layers()
+    kept = [[] for _ in names]
+    for start in range(0, len(used), 32):
+        grey = np.stack([np.asarray(Image.open(path).convert("L"), np.float32)
+                         for path in used["cache"][start:start + 32]])
+        for k, pooled in enumerate(model.predict(np.repeat(seen_as(grey, view)[..., None], 3, -1), batch_size=16,
+                                                 verbose=0)):
+            kept[k].append(pooled)
+        print(f"{start + len(grey)} of {len(used)} images", flush=True)
+    (out / view).mkdir(parents=True, exist_ok=True)
+    for name, pooled in zip(names, kept):
+        np.save(out / view / f"{name}.npy", np.concatenate(pooled))
+    used[["path", "cache", "label", "group"]].to_csv(out / "images.csv", index=False)
+
+
+def score(run, out, fracatlas, features, views):
+    """Print the out-of-fold figures of a logistic regression on each of `features`, trained on and averaged over
+    each of `views` (TRAIN:TEST view initials), at seeds 42, 1 and 7."""
+    images = pd.read_csv(out / "images.csv")
+    y = (images["label"] == "fractured").to_numpy().astype(np.float32)
+    folds = pd.read_csv(run / "folds.csv").drop_duplicates("path").set_index("path")
+    unit, group = images["path"].map(folds["fold_group"]).to_numpy(), images["group"].to_numpy()
+    table = pd.read_csv(fracatlas / "dataset.csv", dtype=str).set_index("image_id")
+    regions = table[["hand", "leg", "hip", "shoulder"]].eq("1")
+    part = np.where(table["mixed"].eq("1") | regions.sum(axis=1).ne(1), "mixed", regions.idxmax(axis=1))
+    files = images["path"].map(lambda path: Path(path).name)
+    part, hardware = files.map(pd.Series(part, table.index)).to_numpy(), files.map(table["hardware"].eq("1")).to_numpy()
+    for feature in features:
+        for spec in views:
+            taught, averaged = spec.split(":")
+            seen = {initial: np.concatenate([np.load(out / VIEWS[initial] / f"{name}.npy")
+                                             for name in feature.split("+")], axis=1) for initial in taught + averaged}
+            figures, start = [], time.perf_counter()
+            for seed in (42, 1, 7):
+                p = np.zeros(len(y))
+                for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(y, y, unit):
+                    fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
+                    fitted.fit(np.concatenate([seen[v][train] for v in taught]), np.tile(y[train], len(taught)))
+                    p[test] = np.mean([fitted.predict_proba(seen[v][test])[:, 1] for v in averaged], axis=0)
+                figures.append(scores(p, y, group, part, hardware))
+            mean = np.mean(figures, axis=0)
+            print(f"{feature} {spec}: all {mean[0]:.3f}, inside region {mean[1]:.3f}, without hardware {mean[2]:.3f} "
+                  f"(seeds 42, 1, 7: all {', '.join(f'{f[0]:.3f}' for f in figures)}; "
+                  f"{time.perf_counter() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "extract":
+        extract(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])
+    else:
+        score(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5].split(","), sys.argv[6].split(","))
