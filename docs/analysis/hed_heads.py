@@ -13,7 +13,8 @@ stratified grouped folds at each SEED). `extract` keeps HED's block4_pool, block
 (float16) in MAPS_FOLDER; given SIZE, of the original files stretched into SIZE x SIZE instead. `heads` trains
 each HEAD on the folds (Adam, class-balanced, EPOCHS environment variable, default 15, no early stopping) and
 prints the out-of-fold ROC-AUC per radiograph over all, inside region (weighted by the smaller class, as the
-notebook's matched view) and without hardware. Heads:
+notebook's matched view) and without hardware. The heads read block5_conv3's maps, or those the MAP environment
+variable names (`b4pool`: block 4's pooling, 14 x 14 at 224 px, as `extract` keeps it). Heads:
 
     lr            logistic regression on the block-5 mean (C=0.01)
     gap           block-5 mean, Dense 128, Dropout, one logit (the notebook's head, without its val part)
@@ -255,7 +256,7 @@ def heads(run, store, fracatlas, kinds, seeds):
     part = np.where(table["mixed"].eq("1") | regions.sum(axis=1).ne(1), "mixed", regions.idxmax(axis=1))
     files = images["path"].map(lambda path: Path(path).name)
     part, hardware = files.map(pd.Series(part, table.index)).to_numpy(), files.map(table["hardware"].eq("1")).to_numpy()
-    conv3 = np.load(store / "b5conv3.npy").astype(np.float32)
+    conv3 = np.load(store / f"{os.environ.get('MAP', 'b5conv3')}.npy").astype(np.float32)
     means, masks = conv3.mean((1, 2)), box_masks(fracatlas, files, conv3.shape[1])
     epochs = int(os.environ.get("EPOCHS", 15))
     for kind in kinds:
