@@ -51,16 +51,47 @@ def test_feature_batches_draw_the_image_or_its_mirror_when_training_and_the_one_
         nb["FeatureBatches"](frame, 40, 1, {path: rows[:1] for path, rows in features.items()}, mirror=True)[0]
 
 
+def test_an_image_s_and_its_mirror_s_features_are_the_trunk_s_output_kept_by_where_it_ends(nb, tmp_path):
+    trunk, _ = nb["split_at_pooling"](nb["build_model"](32, backbone="hed"))
+    arrays = [np.random.default_rng(k).integers(0, 255, (32, 32), dtype=np.uint8) for k in range(3)]
+    for k, array in enumerate(arrays):
+        Image.fromarray(array).save(tmp_path / f"{k}.png")
+    frame = pd.DataFrame({"cache": [str(tmp_path / f"{k}.png") for k in range(3)], "label": ["fractured"] * 3,
+                          "group": range(3)})
+    store = nb["features_folder"](tmp_path / "32px-key", "hed", trunk)
+    assert store.name == "32px-key-hed-block4-features"
+    pixels = np.stack(arrays).astype(np.float32)[..., None]
+    plain = nb["trunk_features"](trunk, frame, 2, 1, store)
+    assert {path: rows.shape for path, rows in plain.items()} == dict.fromkeys(frame["cache"], (1, 512))
+    mirrored = nb["trunk_features"](trunk, frame, 2, 1, store, mirrored=True)
+    for k, path in enumerate(frame["cache"]):
+        np.testing.assert_allclose(mirrored[path][0], plain[path][0])  # read back, not computed again
+        np.testing.assert_allclose(mirrored[path], np.asarray(trunk(np.stack([pixels[k], pixels[k, :, ::-1]]))),
+                                   rtol=1e-4, atol=1e-3)
+    assert len(list(store.glob("*.npy"))) == 6  # each image's and each mirror's, once
+
+
+def test_the_head_scales_features_by_those_of_the_images_and_their_mirrors(nb):
+    network = nb["build_model"](32, backbone="hed")
+    frame = pd.DataFrame({"cache": ["a.png", "b.png"], "label": ["fractured", "not_fractured"], "group": [0, 1]})
+    features = {"a.png": np.stack([np.full(512, 1.0), np.full(512, 3.0)]), "b.png": np.stack([np.full(512, 5.0),
+                                                                                              np.full(512, 7.0)])}
+    nb["trained_part"](network, features, frame)
+    np.testing.assert_allclose(np.asarray(network.get_layer("feature_scaling").mean), 4.0)  # all four rows'
+    np.testing.assert_allclose(np.asarray(network.get_layer("feature_scaling").variance), 5.0)
+
+
 @pytest.fixture(scope="module")
 def hed_run(tmp_path_factory):
     """A quick training run on HED's trunk at 32 px, with the mirrors (TTA): 2 folds, 2 epochs, one seed; tested on
-    an external set."""
+    an external set, whose fractured images it also classifies (PREDICT)."""
     work = tmp_path_factory.mktemp("hed-run")
     data = build_fixture(work / "data", with_odd_forms=False)
     external = build_learnable_fixture(work / "external", per_class=6, size=48, seed=5)  # no annotation of its own
     output = work / "out"
     _, error = execute_notebook({"BONE_FRACTURE_DATA_DIR": str(data.folder), "BONE_FRACTURE_OUTPUT_DIR": str(output),
                                  "BONE_FRACTURE_EXTERNAL": str(external),
+                                 "BONE_FRACTURE_PREDICT": str(external / "train" / "fractured"),
                                  "BONE_FRACTURE_BACKBONE": "hed", "BONE_FRACTURE_IMG_SIZE": "32",
                                  "BONE_FRACTURE_TTA": "1", "BONE_FRACTURE_FOLDS": "2", "BONE_FRACTURE_EPOCHS": "2",
                                  "BONE_FRACTURE_BOOTSTRAP": "100", "BONE_FRACTURE_ANNOTATIONS": "none"}, timeout=900)
@@ -122,3 +153,16 @@ def test_the_external_images_are_scored_as_the_saved_model_scores_them(nb, hed_r
     (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-block4-features")]
     used = pd.read_csv(folder / "index.csv").query("note.isna()")["cache"].nunique()
     assert len(list(store.glob("*.npy"))) == 2 * (used + 12)  # the training and external images', and mirrors'
+
+
+def test_predictions_average_the_saved_model_over_each_image_and_its_mirror(nb, hed_run):
+    import keras
+
+    folder = hed_run["folder"]
+    assert json.loads((folder / "model.json").read_text())["test_time_augmentation"] is True
+    predicted = pd.read_csv(folder / "predictions.csv", keep_default_na=False)
+    assert len(predicted) == 6 and (predicted["error"] == "").all()
+    model = keras.models.load_model(folder / "model.keras")
+    pixels = np.stack([nb["model_input"](nb["load_xray"](path), 32, "squash") for path in predicted["path"]])
+    np.testing.assert_allclose(mean_over_mirrors(model, pixels), predicted["p_fractured"], atol=1e-5)
+    assert not np.allclose(np.asarray(model(pixels, training=False))[:, 0], predicted["p_fractured"], atol=1e-5)

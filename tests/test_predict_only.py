@@ -87,6 +87,12 @@ def test_a_missing_or_mismatched_model_json_is_refused(trained_at_96, tmp_path):
     (tmp_path / "lonely.json").write_text(json.dumps({**contract, "image_size": 64}))
     with pytest.raises(nb["DataError"], match="takes .96, 96, 1. images, but its model.json says image_size 64"):
         nb["load_trained"](tmp_path / "lonely.keras")
+    (tmp_path / "lonely.json").write_text(json.dumps({**contract, "notebook_version": "3.7",
+                                                      "test_time_augmentation": True}))
+    with pytest.raises(nb["DataError"], match="saved by notebook 3.7 with TTA over the image and its three flips"):
+        nb["load_trained"](tmp_path / "lonely.keras")
+    (tmp_path / "lonely.json").write_text(json.dumps({**contract, "notebook_version": "3.7"}))
+    nb["load_trained"](tmp_path / "lonely.keras")  # without TTA, a 3.7 model scores as it did
 
 
 def test_the_readme_snippet_classifies_one_image_as_the_notebook_does(trained_at_96, tmp_path):
