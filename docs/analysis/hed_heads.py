@@ -245,8 +245,10 @@ def train_head(kind, inputs, reference, y, masks, train, test, seed, epochs):
     return 1 / (1 + np.exp(-model.predict(inputs[test], batch_size=256, verbose=0)[0][:, 0]))
 
 
-def heads(run, store, fracatlas, kinds, seeds):
-    """Print each head's out-of-fold figures at each seed."""
+def described_images(run, store, fracatlas):
+    """What scoring needs of the images listed in store/images.csv, in its order: their file names, labels (1:
+    fractured), fold units (the run's folds.csv `fold_group`), radiograph groups, FracAtlas regions ("mixed" unless
+    exactly one) and hardware marks (dataset.csv)."""
     images = pd.read_csv(store / "images.csv")
     y = (images["label"] == "fractured").to_numpy().astype(np.float32)
     folds = pd.read_csv(run / "folds.csv").drop_duplicates("path").set_index("path")
@@ -256,6 +258,12 @@ def heads(run, store, fracatlas, kinds, seeds):
     part = np.where(table["mixed"].eq("1") | regions.sum(axis=1).ne(1), "mixed", regions.idxmax(axis=1))
     files = images["path"].map(lambda path: Path(path).name)
     part, hardware = files.map(pd.Series(part, table.index)).to_numpy(), files.map(table["hardware"].eq("1")).to_numpy()
+    return files, y, unit, group, part, hardware
+
+
+def heads(run, store, fracatlas, kinds, seeds):
+    """Print each head's out-of-fold figures at each seed."""
+    files, y, unit, group, part, hardware = described_images(run, store, fracatlas)
     conv3 = np.load(store / f"{os.environ.get('MAP', 'b5conv3')}.npy").astype(np.float32)
     means, masks = conv3.mean((1, 2)), box_masks(fracatlas, files, conv3.shape[1])
     epochs = int(os.environ.get("EPOCHS", 15))

@@ -24,7 +24,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-from hed_heads import BLOCKS, MEAN_RGB, hed_convolutions, scores
+from hed_heads import BLOCKS, MEAN_RGB, described_images, hed_convolutions, scores
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
@@ -86,15 +86,7 @@ def extract(run, out, view):
 def score(run, out, fracatlas, features, views):
     """Print the out-of-fold figures of a logistic regression on each of `features`, trained on and averaged over
     each of `views` (TRAIN:TEST view initials), at seeds 42, 1 and 7."""
-    images = pd.read_csv(out / "images.csv")
-    y = (images["label"] == "fractured").to_numpy().astype(np.float32)
-    folds = pd.read_csv(run / "folds.csv").drop_duplicates("path").set_index("path")
-    unit, group = images["path"].map(folds["fold_group"]).to_numpy(), images["group"].to_numpy()
-    table = pd.read_csv(fracatlas / "dataset.csv", dtype=str).set_index("image_id")
-    regions = table[["hand", "leg", "hip", "shoulder"]].eq("1")
-    part = np.where(table["mixed"].eq("1") | regions.sum(axis=1).ne(1), "mixed", regions.idxmax(axis=1))
-    files = images["path"].map(lambda path: Path(path).name)
-    part, hardware = files.map(pd.Series(part, table.index)).to_numpy(), files.map(table["hardware"].eq("1")).to_numpy()
+    _, y, unit, group, part, hardware = described_images(run, out, fracatlas)
     for feature in features:
         for spec in views:
             taught, averaged = spec.split(":")
