@@ -171,6 +171,15 @@ def scores(p, y, group, part, hardware):
     return roc_auc_score(r["y"], r["p"]), inside, roc_auc_score(plain["y"], plain["p"])
 
 
+def summary(name, figures, seeds, seconds, detail=""):
+    """The line printed for one head or feature: the mean over the seeds of `scores`' three figures, then each
+    seed's figure over all."""
+    mean = np.mean(figures, axis=0)
+    return (f"{name}: all {mean[0]:.3f}, inside region {mean[1]:.3f}, without hardware {mean[2]:.3f} "
+            f"(seeds {', '.join(map(str, seeds))}: all {', '.join(f'{f[0]:.3f}' for f in figures)}; {detail}"
+            f"{seconds:.0f} s)")
+
+
 def block5_conv3():
     """HED's block5_conv3, trainable, with its weights."""
     _, _, kernel, bias = hed_convolutions()[-1]
@@ -291,10 +300,7 @@ def heads(run, store, fracatlas, kinds, seeds):
                         train = train[np.isin(unit[train], kept)]
                     p[test] = train_head(kind, inputs, conv3, y, masks, train, test, seed, epochs)
             figures.append(scores(p, y, group, part, hardware))
-        mean = np.mean(figures, axis=0)
-        print(f"{kind}: all {mean[0]:.3f}, inside region {mean[1]:.3f}, without hardware {mean[2]:.3f} "
-              f"(seeds {seeds}: all {', '.join(f'{f[0]:.3f}' for f in figures)}; {epochs} epochs; "
-              f"{time.perf_counter() - start:.0f} s)", flush=True)
+        print(summary(kind, figures, seeds, time.perf_counter() - start, f"{epochs} epochs; "), flush=True)
 
 
 if __name__ == "__main__":

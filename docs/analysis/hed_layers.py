@@ -24,13 +24,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-from hed_heads import BLOCKS, MEAN_RGB, described_images, hed_convolutions, scores
+from hed_heads import BLOCKS, MEAN_RGB, described_images, hed_convolutions, scores, summary
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+SEEDS = (42, 1, 7)
 VIEWS = {"i": "image", "m": "mirror", "u": "upside_down", "r": "rotated180"}
 
 
@@ -93,17 +94,14 @@ def score(run, out, fracatlas, features, views):
             seen = {initial: np.concatenate([np.load(out / VIEWS[initial] / f"{name}.npy")
                                              for name in feature.split("+")], axis=1) for initial in taught + averaged}
             figures, start = [], time.perf_counter()
-            for seed in (42, 1, 7):
+            for seed in SEEDS:
                 p = np.zeros(len(y))
                 for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(y, y, unit):
                     fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
                     fitted.fit(np.concatenate([seen[v][train] for v in taught]), np.tile(y[train], len(taught)))
                     p[test] = np.mean([fitted.predict_proba(seen[v][test])[:, 1] for v in averaged], axis=0)
                 figures.append(scores(p, y, group, part, hardware))
-            mean = np.mean(figures, axis=0)
-            print(f"{feature} {spec}: all {mean[0]:.3f}, inside region {mean[1]:.3f}, without hardware {mean[2]:.3f} "
-                  f"(seeds 42, 1, 7: all {', '.join(f'{f[0]:.3f}' for f in figures)}; "
-                  f"{time.perf_counter() - start:.0f} s)", flush=True)
+            print(summary(f"{feature} {spec}", figures, SEEDS, time.perf_counter() - start), flush=True)
 
 
 if __name__ == "__main__":
