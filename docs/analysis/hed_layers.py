@@ -6,16 +6,18 @@ Two steps:
     python docs/analysis/hed_layers.py extract RUN_FOLDER FEATURES_FOLDER VIEW
     python docs/analysis/hed_layers.py score RUN_FOLDER FEATURES_FOLDER FRACATLAS_FOLDER FEATURES[,...] VIEWS[,...]
 
-RUN_FOLDER: a BACKBONE=hed run of the notebook on FracAtlas (as for hed_heads.py: its index.csv, whose cached
-224 px images are read, and folds.csv, whose `fold_group` is dealt into 5 stratified grouped folds at seeds 42, 1
-and 7). `extract` keeps, in FEATURES_FOLDER/VIEW, the mean and the generalised mean (power 3, `gem3`) over the map of
-every convolution and pooling of HED's blocks 3 to 5 (e.g. `b4c3_mean`: block4_conv3's maps, mean-pooled; `b4pool`:
-block 4's pooling), of each cached image seen as VIEW: `image`, `mirror` (left-right), `upside_down` or
-`rotated180`. `score` fits a logistic regression (standardized features, C=0.01) on each FEATURES (`+` joins
-several) and prints the out-of-fold ROC-AUC per radiograph over all, inside region (weighted by the smaller class)
-and without hardware, the mean of the three seeds' figures. VIEWS says which views of each image it is trained on
-and which it averages when scoring, as TRAIN:TEST of view initials (i image, m mirror, u upside down, r rotated):
-`i:i` the image alone, `im:im` the image and its mirror in both (the notebook's frozen trunk with TTA).
+RUN_FOLDER: a BACKBONE=hed run of the notebook on FracAtlas (as for hed_heads.py: its index.csv, whose cached 224 px
+images are read, and folds.csv, whose `fold_group` is dealt into 5 stratified grouped folds at seeds 42, 1 and 7).
+`extract` keeps, in FEATURES_FOLDER/VIEW, the mean and the generalised mean (power 3, `gem3`) over the map of every
+convolution and pooling of HED's blocks 3 to 5 (e.g. `b4c3_mean`: block4_conv3's maps, mean-pooled; `b4pool`: block
+4's pooling), of each cached image seen as VIEW: `image`, `mirror` (left-right), `upside_down`, `rotated180`,
+`zoomed` (its central 85 % enlarged), `zoomed_mirror`, `tilted` (turned 8 degrees) or `tilted_mirror`. `score` fits
+a logistic regression (standardized features, C=0.01) on each FEATURES (`+` joins several) and prints the
+out-of-fold ROC-AUC per radiograph over all, inside region (weighted by the smaller class) and without hardware, the
+mean of the three seeds' figures. VIEWS says which views of each image it is trained on and which it averages when
+scoring, as TRAIN:TEST of view initials (i image, m mirror, u upside down, r rotated, z zoomed, y zoomed mirror, t
+tilted, s tilted mirror): `i:i` the image alone, `im:im` the image and its mirror in both (the notebook's frozen
+trunk with TTA).
 """
 import sys
 import time
@@ -25,14 +27,15 @@ import keras
 import numpy as np
 import pandas as pd
 from hed_heads import BLOCKS, MEAN_RGB, described_images, hed_convolutions, scores, summary
-from PIL import Image
+from PIL import Image, ImageOps
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 SEEDS = (42, 1, 7)
-VIEWS = {"i": "image", "m": "mirror", "u": "upside_down", "r": "rotated180"}
+VIEWS = {"i": "image", "m": "mirror", "u": "upside_down", "r": "rotated180", "z": "zoomed", "y": "zoomed_mirror",
+         "t": "tilted", "s": "tilted_mirror"}
 
 
 def pooled_layers():
@@ -55,13 +58,21 @@ def pooled_layers():
     return keras.Model(inputs, outputs), names
 
 
-def seen_as(grey, view):
-    """A batch of greyscale images (n, height, width) seen as `view`."""
-    if view in ("mirror", "rotated180"):
-        grey = grey[:, :, ::-1]
+def seen_as(image, view):
+    """A greyscale PIL image seen as `view`, as a float32 array of its size: `zoomed` is its central 85 % enlarged
+    back to its size, `tilted` turned 8 degrees anticlockwise (corners black), a view with `mirror` in its name
+    (and `rotated180`) turned left to right, `upside_down` (and `rotated180`) top to bottom."""
+    if view.startswith("zoomed"):
+        margin = [round(0.075 * side) for side in image.size]
+        image = image.crop((margin[0], margin[1], image.width - margin[0], image.height - margin[1]))
+        image = image.resize((image.width + 2 * margin[0], image.height + 2 * margin[1]), Image.BILINEAR)
+    if view.startswith("tilted"):
+        image = image.rotate(8, Image.BILINEAR)
+    if "mirror" in view or view == "rotated180":
+        image = ImageOps.mirror(image)
     if view in ("upside_down", "rotated180"):
-        grey = grey[:, ::-1, :]
-    return grey
+        image = ImageOps.flip(image)
+    return np.asarray(image, np.float32)
 
 
 def extract(run, out, view):
@@ -72,9 +83,8 @@ def extract(run, out, view):
     model, names = pooled_layers()
     kept = [[] for _ in names]
     for start in range(0, len(used), 32):
-        grey = np.stack([np.asarray(Image.open(path).convert("L"), np.float32)
-                         for path in used["cache"][start:start + 32]])
-        for k, pooled in enumerate(model.predict(np.repeat(seen_as(grey, view)[..., None], 3, -1), batch_size=16,
+        grey = np.stack([seen_as(Image.open(path).convert("L"), view) for path in used["cache"][start:start + 32]])
+        for k, pooled in enumerate(model.predict(np.repeat(grey[..., None], 3, -1), batch_size=16,
                                                  verbose=0)):
             kept[k].append(pooled)
         print(f"{start + len(grey)} of {len(used)} images", flush=True)
