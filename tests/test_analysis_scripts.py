@@ -6,20 +6,28 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 from nbhelpers import notebook_namespace
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-SCRIPT = Path(__file__).resolve().parent.parent / "docs" / "analysis" / "hed_heads.py"
+ANALYSIS = Path(__file__).resolve().parent.parent / "docs" / "analysis"
 
 
-@pytest.fixture(scope="module")
-def heads():
-    spec = importlib.util.spec_from_file_location("hed_heads", SCRIPT)
+def analysis_script(name, monkeypatch):
+    """The analysis script `name` imported as a module (the folder on sys.path, as when it is run)."""
+    monkeypatch.syspath_prepend(str(ANALYSIS))
+    spec = importlib.util.spec_from_file_location(name, ANALYSIS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def heads(monkeypatch):
+    return analysis_script("hed_heads", monkeypatch)
 
 
 def write_outlines(folder, images):
@@ -93,3 +101,64 @@ def test_patches_are_taught_what_their_windows_hold_and_rank_fractured_images_fi
         assert p.shape == (len(test),)
         if teach != "image":
             assert roc_auc_score(y[test], p) > 0.95
+
+
+def test_views_turn_zoom_and_tilt_an_image_as_named(monkeypatch):
+    layers = analysis_script("hed_layers", monkeypatch)
+    grey = np.zeros((40, 60), np.uint8)
+    grey[0:3, 0:4] = 255  # a bright mark in the top left corner, inside the margin zooming cuts off (3 x 4 px)
+    grey[18:22, 28:32] = 200  # a square in the centre
+    image = Image.fromarray(grey)
+    assert np.array_equal(layers.seen_as(image, "image"), grey)
+    assert np.array_equal(layers.seen_as(image, "mirror"), grey[:, ::-1])
+    assert np.array_equal(layers.seen_as(image, "upside_down"), grey[::-1])
+    assert np.array_equal(layers.seen_as(image, "rotated180"), grey[::-1, ::-1])
+    zoomed = layers.seen_as(image, "zoomed")  # the central 85 % enlarged: the corner's mark is cut off
+    assert zoomed.shape == grey.shape and zoomed.max() < 255
+    assert (zoomed > 0).sum() > (grey == 200).sum()  # the centre's square enlarged
+    assert np.array_equal(layers.seen_as(image, "zoomed_mirror"), zoomed[:, ::-1])
+    tilted = layers.seen_as(image, "tilted")
+    assert tilted.shape == grey.shape and tilted[0, 0] == tilted[-1, -1] == 0 and not np.array_equal(tilted, grey)
+    assert np.array_equal(layers.seen_as(image, "tilted_mirror"), tilted[:, ::-1])
+
+
+def write_run(folder, probabilities, folds):
+    """Write a run folder's radiographs.csv and seed_predictions.csv: radiograph k of FracAtlas (labels alternate,
+    body parts hand and leg, the first radiograph with hardware) and one Kaggle radiograph, with each seed's
+    probabilities ({seed: [p of each FracAtlas radiograph]})."""
+    count = len(folds)
+    radiographs = pd.DataFrame({
+        "group": range(count + 1), "fold": [*folds, 1],
+        "label": [["not_fractured", "fractured"][k % 2] for k in range(count)] + ["fractured"],
+        "path": [f"/data/FracAtlas/images/IMG{k}.jpg" for k in range(count)] + ["/data/kaggle/fractured/1.jpg"],
+        "body_part": [["hand", "leg"][k // 2 % 2] for k in range(count)] + ["hand"],
+        "marks": ["hardware"] + [""] * count})
+    folder.mkdir()
+    radiographs.to_csv(folder / "radiographs.csv", index=False)
+    pd.DataFrame([{"seed": seed, "group": k, "p_fractured": p} for seed, ps in probabilities.items()
+                  for k, p in enumerate([*ps, 0.5])]).to_csv(folder / "seed_predictions.csv", index=False)
+    return folder
+
+
+def test_two_runs_are_averaged_on_one_data_set_and_refused_with_other_folds(monkeypatch, tmp_path, capsys):
+    two_runs = analysis_script("two_runs", monkeypatch)
+    rng = np.random.default_rng(0)
+    folds = [k % 5 + 1 for k in range(40)]
+    a_seeds = {42: rng.random(40), 1: rng.random(40)}
+    run_a = write_run(tmp_path / "a", a_seeds, folds)
+    run_b = write_run(tmp_path / "b", {42: rng.random(40)}, folds)
+    a = two_runs.out_of_fold(run_a, "FracAtlas")
+    assert len(a) == 40 and np.allclose(a["p_fractured"], (a_seeds[42] + a_seeds[1]) / 2)  # the Kaggle one left out
+    y = a["label"].eq("fractured")
+    hand, leg = a["body_part"].eq("hand"), a["body_part"].eq("leg")
+    inside = (roc_auc_score(y[hand], a["p_fractured"][hand]) + roc_auc_score(y[leg], a["p_fractured"][leg])) / 2
+    plain = a.index != 0
+    assert np.allclose(two_runs.figures(a, a["p_fractured"]),
+                       [roc_auc_score(y, a["p_fractured"]), inside, roc_auc_score(y[plain], a["p_fractured"][plain])])
+    two_runs.main(run_a, run_b, "FracAtlas", 0.5, resamples=20)
+    b = two_runs.out_of_fold(run_b, "FracAtlas")
+    mean = roc_auc_score(y, (a["p_fractured"] + b["p_fractured"]) / 2)
+    assert f"mean: all {mean:.3f}" in capsys.readouterr().out
+    run_c = write_run(tmp_path / "c", {42: rng.random(40)}, folds[1:] + folds[:1])
+    with pytest.raises(SystemExit, match="same folds"):
+        two_runs.main(run_a, run_c, "FracAtlas", 0.5, resamples=20)

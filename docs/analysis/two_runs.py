@@ -44,14 +44,14 @@ def described_figures(values, resampled, form):
                      zip(("all", "inside body part", "without hardware"), values, low, high))
 
 
-def main(run_a, run_b, data_set, weight_b):
+def main(run_a, run_b, data_set, weight_b, resamples=1000):
     a, b = out_of_fold(run_a, data_set), out_of_fold(run_b, data_set)
     if not a.index.equals(b.index) or not a["fold"].equals(b["fold"]):
         raise SystemExit("the two runs do not hold the same radiographs in the same folds: not comparable")
     models = {run_a.name: a["p_fractured"], run_b.name: b["p_fractured"],
               "mean": (1 - weight_b) * a["p_fractured"] + weight_b * b["p_fractured"]}
     rng = np.random.default_rng(42)
-    draws = [a.index[rng.integers(0, len(a), len(a))] for _ in range(1000)]
+    draws = [a.index[rng.integers(0, len(a), len(a))] for _ in range(resamples)]
     resampled = {name: np.array([figures(a.loc[rows].reset_index(), p.loc[rows].reset_index(drop=True))
                                  for rows in draws]) for name, p in models.items()}
     print(f"{len(a)} radiographs of {data_set}; run B's weight {weight_b}")
