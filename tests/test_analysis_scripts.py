@@ -118,6 +118,7 @@ def test_views_turn_zoom_and_tilt_an_image_as_named(monkeypatch):
     assert (zoomed > 0).sum() > (grey == 200).sum()  # the centre's square enlarged
     assert np.array_equal(layers.seen_as(image, "zoomed_mirror"), zoomed[:, ::-1])
     assert (layers.seen_as(image, "zoomed70") > 0).sum() > (zoomed > 0).sum()  # its central 70 %: closer still
+    assert layers.seen_as(image, "enlarged90").shape == (60, 90)  # its longest side 90 px
     tilted = layers.seen_as(image, "tilted")
     assert tilted.shape == grey.shape and tilted[0, 0] == tilted[-1, -1] == 0 and not np.array_equal(tilted, grey)
     assert np.array_equal(layers.seen_as(image, "tilted_mirror"), tilted[:, ::-1])

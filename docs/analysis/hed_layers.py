@@ -11,13 +11,15 @@ images are read, and folds.csv, whose `fold_group` is dealt into 5 stratified gr
 `extract` keeps, in FEATURES_FOLDER/VIEW, the mean and the generalised mean (power 3, `gem3`) over the map of every
 convolution and pooling of HED's blocks 3 to 5 (e.g. `b4c3_mean`: block4_conv3's maps, mean-pooled; `b4pool`: block
 4's pooling), of each cached image seen as VIEW: `image`, `mirror` (left-right), `upside_down`, `rotated180`,
-`zoomed` (its central 85 % enlarged), `zoomed_mirror`, `zoomed70` (its central 70 %), `zoomed70_mirror`, `tilted`
-(turned 8 degrees) or `tilted_mirror`. `score` fits a logistic regression (standardized features, C=0.01) on each
-FEATURES (`+` joins several) and prints the out-of-fold ROC-AUC per radiograph over all, inside region (weighted by
-the smaller class) and without hardware, the mean of the three seeds' figures. VIEWS says which views of each image
-it is trained on and which it averages when scoring, as TRAIN:TEST of view initials (i image, m mirror, u upside
-down, r rotated, z zoomed, y zoomed mirror, c and d the same at 70 %, t tilted, s tilted mirror): `i:i` the image
-alone, `im:im` the image and its mirror in both (the notebook's frozen trunk with TTA).
+`zoomed` (its central 85 % enlarged), `zoomed_mirror`, `zoomed70` (its central 70 %), `zoomed70_mirror`, `zoomed55`,
+`zoomed55_mirror`, `enlarged320` (the whole image, its longest side 320 px), `enlarged320_mirror`, `tilted` (turned
+8 degrees) or `tilted_mirror`. `score` fits a logistic regression (standardized features, C=0.01) on each FEATURES
+(`+` joins several) and prints the out-of-fold ROC-AUC per radiograph over all, inside region (weighted by the
+smaller class) and without hardware, the mean of the three seeds' figures. VIEWS says which views of each image it
+is trained on and which it averages when scoring, as TRAIN:TEST of view initials (i image, m mirror, u upside down,
+r rotated, z zoomed, y zoomed mirror, c and d the same at 70 %, g and h at 55 %, e enlarged, f enlarged mirror, t
+tilted, s tilted mirror): `i:i` the image alone, `im:im` the image and its mirror in both (the notebook's frozen
+trunk with TTA).
 """
 import sys
 import time
@@ -35,7 +37,8 @@ from sklearn.preprocessing import StandardScaler
 
 SEEDS = (42, 1, 7)
 VIEWS = {"i": "image", "m": "mirror", "u": "upside_down", "r": "rotated180", "z": "zoomed", "y": "zoomed_mirror",
-         "c": "zoomed70", "d": "zoomed70_mirror", "t": "tilted", "s": "tilted_mirror"}
+         "c": "zoomed70", "d": "zoomed70_mirror", "g": "zoomed55", "h": "zoomed55_mirror", "e": "enlarged320",
+         "f": "enlarged320_mirror", "t": "tilted", "s": "tilted_mirror"}
 
 
 def pooled_layers():
@@ -60,14 +63,17 @@ def pooled_layers():
 
 def seen_as(image, view):
     """A greyscale PIL image seen as `view`, as a float32 array of its size: `zoomed` is its central 85 %
-    enlarged back to its size (`zoomed70` its central 70 %), `tilted` turned 8 degrees anticlockwise (corners
-    black), a view with `mirror` in its name (and `rotated180`) turned left to right, `upside_down` (and
-    `rotated180`) top to bottom."""
+    enlarged back to its size (`zoomed70` its central 70 %), `enlarged320` enlarged to 320 px on its longest
+    side, `tilted` turned 8 degrees anticlockwise (corners black), a view with `mirror` in its name (and
+    `rotated180`) turned left to right, `upside_down` (and `rotated180`) top to bottom."""
     if view.startswith("zoomed"):  # zoomed70: its central 70 %
         kept = int(view.removeprefix("zoomed").split("_")[0] or 85) / 100
         margin = [round((1 - kept) / 2 * side) for side in image.size]
         image = image.crop((margin[0], margin[1], image.width - margin[0], image.height - margin[1]))
         image = image.resize((image.width + 2 * margin[0], image.height + 2 * margin[1]), Image.BILINEAR)
+    if view.startswith("enlarged"):  # enlarged320: its longest side 320 px
+        scale = int(view.removeprefix("enlarged").split("_")[0]) / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
     if view.startswith("tilted"):
         image = image.rotate(8, Image.BILINEAR)
     if "mirror" in view or view == "rotated180":
