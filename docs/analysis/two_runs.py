@@ -45,6 +45,8 @@ def described_figures(values, resampled, form):
 
 
 def main(run_a, run_b, data_set, weight_b, resamples=1000):
+    """Print each run's figures and their weighted mean's, with bootstrap intervals over `resamples` resamples of
+    the radiographs; stop if the two runs' radiographs or folds differ."""
     a, b = out_of_fold(run_a, data_set), out_of_fold(run_b, data_set)
     if not a.index.equals(b.index) or not a["fold"].equals(b["fold"]):
         raise SystemExit("the two runs do not hold the same radiographs in the same folds: not comparable")
@@ -60,6 +62,7 @@ def main(run_a, run_b, data_set, weight_b, resamples=1000):
     for name in (run_a.name, run_b.name):
         gain = figures(a, models["mean"]) - figures(a, models[name])
         print(f"mean minus {name}: {described_figures(gain, resampled['mean'] - resampled[name], '+.3f')}")
+
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], float(sys.argv[4]) if len(sys.argv) > 4 else 0.5)
