@@ -81,26 +81,35 @@ def stretched_original(path, size):
     return np.asarray(grey.resize((size, size), Image.Resampling.BILINEAR), np.float32)
 
 
-def extract(run, out, size=None):
-    """Keep HED's block4_pool, block5_conv2 and block5_conv3 maps in `out`: of the run's cached images, or (`size`
-    given) of its originals stretched into size x size."""
-    used = pd.read_csv(run / "index.csv", keep_default_na=False)
-    used = used[used["note"] == ""].drop_duplicates("cache").reset_index(drop=True)
-    cached = np.asarray(Image.open(used["cache"][0])).shape[0]
-    size = size or cached
-    inputs = keras.Input((size, size, 3))
+def hed_taps(inputs):
+    """HED's trunk (its weights, frozen) applied to `inputs`, RGB in 0-255: the output of each convolution and pooling
+    by name (`b4c3`: block4_conv3, `b4pool`: block 4's pooling), in order."""
     x, taps = keras.layers.Rescaling(1.0, offset=[-m for m in MEAN_RGB])(inputs), {}
     for block, i, kernel, bias in hed_convolutions():
         layer = keras.layers.Conv2D(kernel.shape[-1], 3, padding="same", activation="relu")
         x = layer(x)
         layer.set_weights([kernel, bias])
-        if (block, i) == (5, 1):
-            taps["b5conv2"] = x
+        taps[f"b{block}c{i + 1}"] = x
         if i == BLOCKS[block - 1][1] - 1 and block < 5:
-            x = keras.layers.MaxPooling2D()(x)
-            if block == 4:
-                taps["b4pool"] = x
-    model = keras.Model(inputs, [taps["b4pool"], taps["b5conv2"], x])
+            x = taps[f"b{block}pool"] = keras.layers.MaxPooling2D()(x)
+    return taps
+
+
+def cached_images(run):
+    """The run's usable images (index.csv rows without a note), each cached image once, in the order of its index."""
+    used = pd.read_csv(run / "index.csv", keep_default_na=False)
+    return used[used["note"] == ""].drop_duplicates("cache").reset_index(drop=True)
+
+
+def extract(run, out, size=None):
+    """Keep HED's block4_pool, block5_conv2 and block5_conv3 maps in `out`: of the run's cached images, or (`size`
+    given) of its originals stretched into size x size."""
+    used = cached_images(run)
+    cached = np.asarray(Image.open(used["cache"][0])).shape[0]
+    size = size or cached
+    inputs = keras.Input((size, size, 3))
+    taps = hed_taps(inputs)
+    model = keras.Model(inputs, [taps["b4pool"], taps["b5c2"], taps["b5c3"]])
     kept = {name: [] for name in MAPS}
     for start in range(0, len(used), 64):
         rows = used[start:start + 64]

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
-from hed_heads import BLOCKS, MEAN_RGB, described_images, hed_convolutions, scores, summary
+from hed_heads import cached_images, described_images, hed_taps, scores, summary
 from PIL import Image, ImageOps
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
@@ -45,16 +44,9 @@ def pooled_layers():
     """HED's trunk (its weights) as a model from an RGB input in 0-255 to two pooled vectors of each layer of blocks
     3 to 5: the maps' mean and their generalised mean of power 3; and the names of those outputs."""
     inputs = keras.Input((None, None, 3))
-    x, names, outputs = keras.layers.Rescaling(1.0, offset=[-m for m in MEAN_RGB])(inputs), [], []
-    for block, i, kernel, bias in hed_convolutions():
-        layer = keras.layers.Conv2D(kernel.shape[-1], 3, padding="same", activation="relu")
-        x = layer(x)
-        layer.set_weights([kernel, bias])
-        taps = [(f"b{block}c{i + 1}", x)]
-        if i == BLOCKS[block - 1][1] - 1 and block < 5:
-            x = keras.layers.MaxPooling2D()(x)
-            taps.append((f"b{block}pool", x))
-        for name, maps in taps if block >= 3 else []:
+    names, outputs = [], []
+    for name, maps in hed_taps(inputs).items():
+        if int(name[1]) >= 3:
             names += [f"{name}_mean", f"{name}_gem3"]
             outputs += [keras.ops.mean(maps, axis=(1, 2)),
                         keras.ops.power(keras.ops.mean(keras.ops.power(maps, 3), axis=(1, 2)) + 1e-9, 1 / 3)]
@@ -86,8 +78,7 @@ def seen_as(image, view):
 def extract(run, out, view):
     """Keep the pooled features of every layer of blocks 3 to 5 of the run's cached images, seen as `view`, in
     out/view, a .npy file per output (rows in the order of out/images.csv)."""
-    used = pd.read_csv(run / "index.csv", keep_default_na=False)
-    used = used[used["note"] == ""].drop_duplicates("cache").reset_index(drop=True)
+    used = cached_images(run)
     model, names = pooled_layers()
     kept = [[] for _ in names]
     for start in range(0, len(used), 32):

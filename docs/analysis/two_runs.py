@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
+from hed_heads import scores
 
 
 def out_of_fold(run, data_set):
@@ -28,13 +28,10 @@ def out_of_fold(run, data_set):
 
 
 def figures(described, p):
-    """ROC-AUC over all, inside body part (weighted by the smaller class) and without hardware."""
-    y = described["label"].eq("fractured")
-    parts = [(roc_auc_score(y[rows], p[rows]), min(y[rows].sum(), (~y[rows]).sum()))
-             for rows in described.groupby("body_part").groups.values() if y[rows].nunique() == 2]
-    plain = ~described["marks"].str.contains("hardware")
-    return np.array([roc_auc_score(y, p), np.average([auc for auc, _ in parts], weights=[w for _, w in parts]),
-                     roc_auc_score(y[plain], p[plain])])
+    """ROC-AUC over all, inside body part (weighted by the smaller class) and without hardware: hed_heads' `scores`,
+    each row of `described` a radiograph of its own (a radiograph drawn twice by the bootstrap counts twice)."""
+    return np.array(scores(np.asarray(p), described["label"].eq("fractured").to_numpy(), np.arange(len(described)),
+                           described["body_part"].to_numpy(), described["marks"].str.contains("hardware").to_numpy()))
 
 
 def described_figures(values, resampled, form):
