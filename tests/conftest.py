@@ -105,6 +105,13 @@ def failing_run(env: dict[str, str | None]) -> str:
     return rendered
 
 
+def readme_snippet(readme: Path) -> str:
+    """The Python snippet under `<!-- predict-snippet -->` in the README: how to classify one image outside the
+    notebook."""
+    snippet = readme.read_text().split("<!-- predict-snippet -->", 1)[1]
+    return snippet.split("```python\n", 1)[1].split("```", 1)[0]
+
+
 def new_folder(output: Path, before: set[Path]) -> Path:
     """The one run folder that appeared in `output` since `before` (a listing of it)."""
     (folder,) = {p for p in output.iterdir() if p.is_dir() and not p.is_symlink()} - before

