@@ -16,11 +16,13 @@ import tempfile
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from fixture_data import build_fixture, snapshot, write_annotations
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from nbhelpers import environment
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "bone_fracture_classifier.ipynb"
@@ -103,6 +105,19 @@ def failing_run(env: dict[str, str | None]) -> str:
     rendered = "\n".join(outputs[0]["traceback"])
     assert "Traceback" not in rendered and len(rendered.splitlines()) < 20
     return rendered
+
+
+def tta_views_of(pixels: np.ndarray) -> list[np.ndarray]:
+    """The four TTA views of a batch of square 8-bit model inputs (n x size x size x 1), written out here as the
+    README says them: the image, its mirror, its central 70 % of each side (15 % cut off each edge) enlarged back
+    with Pillow's bilinear resize, and that one's mirror."""
+    zoomed = []
+    for array in pixels[..., 0].astype(np.uint8):
+        image, margin = Image.fromarray(array), round(0.15 * len(array))
+        kept = image.crop((margin, margin, len(array) - margin, len(array) - margin))
+        zoomed.append(np.asarray(kept.resize(image.size, Image.Resampling.BILINEAR), np.float32)[..., None])
+    zoomed = np.stack(zoomed)
+    return [pixels, pixels[:, :, ::-1], zoomed, zoomed[:, :, ::-1]]
 
 
 def readme_snippet(readme: Path) -> str:

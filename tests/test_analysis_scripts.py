@@ -124,13 +124,13 @@ def test_views_turn_zoom_and_tilt_an_image_as_named(monkeypatch):
     assert np.array_equal(layers.seen_as(image, "tilted_mirror"), tilted[:, ::-1])
 
 
-
 def test_the_notebook_s_tta_views_are_the_views_measured_here(monkeypatch, tmp_path):
     layers, nb = analysis_script("hed_layers", monkeypatch), notebook_namespace(32, tmp_path)
     grey = np.random.default_rng(0).integers(0, 256, (224, 224), dtype=np.uint8)
     for view, measured in zip(nb["TTA_VIEWS"], ("image", "mirror", "zoomed70", "zoomed70_mirror"), strict=True):
         seen = nb["seen_as"](grey[..., None].astype(np.float32), view)[..., 0]
         assert np.array_equal(seen, layers.seen_as(Image.fromarray(grey), measured)), view
+
 
 def write_run(folder, probabilities, folds):
     """Write a run folder's radiographs.csv and seed_predictions.csv: radiograph k of FracAtlas (labels alternate,

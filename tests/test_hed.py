@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, execute_notebook, readme_snippet, run_folder
+from conftest import ROOT, execute_notebook, readme_snippet, run_folder, tta_views_of
 from fixture_data import build_fixture, build_learnable_fixture
 from nbhelpers import notebook_namespace
 from PIL import Image
@@ -45,7 +45,7 @@ def test_feature_batches_draw_one_of_the_views_when_training_and_the_one_asked_o
                           "group": range(80)})
     features = {path: np.arange(4.0)[:, None] + 10 * i for i, path in enumerate(frame["cache"])}  # a row per view
     views = nb["TTA_VIEWS"]
-    assert views == ("image", "mirror", "zoomed", "zoomed mirror")
+    assert views == ("image", "mirror", "zoomed70", "zoomed70 mirror")
     training = nb["FeatureBatches"](frame, 80, 1, features, augment=True, seed=3, shown=views)
     drawn = training[0][0][:, 0] - 10 * training.order  # the row of the view drawn for each image
     assert set(np.unique(drawn, return_counts=True)[0]) == {0, 1, 2, 3}
@@ -55,30 +55,17 @@ def test_feature_batches_draw_one_of_the_views_when_training_and_the_one_asked_o
     for row, view in enumerate(views):
         shown = nb["FeatureBatches"](frame, 80, 1, features, shown=(view,))[0][0][:, 0]
         np.testing.assert_array_equal(shown, 10 * np.arange(80) + row)
-    with pytest.raises(ValueError, match="seen as 'zoomed' were not computed"):
-        nb["FeatureBatches"](frame, 80, 1, {path: rows[:2] for path, rows in features.items()}, shown=("zoomed",))[0]
-
-
-def views_of(pixels):
-    """The four TTA views of a batch of square 8-bit inputs (n x size x size x 1), written out here as the README
-    says them: the image, its mirror, its central 70 % (0.15 of the side cut off each edge) enlarged back with
-    Pillow's bilinear resize, and that one's mirror."""
-    zoomed = []
-    for array in pixels[..., 0].astype(np.uint8):
-        image, margin = Image.fromarray(array), round(0.15 * len(array))
-        kept = image.crop((margin, margin, len(array) - margin, len(array) - margin))
-        zoomed.append(np.asarray(kept.resize(image.size, Image.Resampling.BILINEAR), np.float32)[..., None])
-    zoomed = np.stack(zoomed)
-    return [pixels, pixels[:, :, ::-1], zoomed, zoomed[:, :, ::-1]]
+    with pytest.raises(ValueError, match="seen as 'zoomed70' were not computed"):
+        nb["FeatureBatches"](frame, 80, 1, {path: rows[:2] for path, rows in features.items()}, shown=("zoomed70",))[0]
 
 
 def test_the_zoomed_view_keeps_the_centre_enlarged(nb):
     array = np.zeros((40, 40, 1), np.float32)
     array[:4, :4] = 255  # a mark in the corner, inside the margin the zoom cuts off (6 px)
     array[18:22, 18:22] = 200  # a square in the centre
-    zoomed = nb["seen_as"](array, "zoomed")
+    zoomed = nb["seen_as"](array, "zoomed70")
     assert zoomed.shape == array.shape and zoomed.max() < 255 and (zoomed > 100).sum() > (array == 200).sum()
-    for view, expected in zip(nb["TTA_VIEWS"], views_of(array[None])):
+    for view, expected in zip(nb["TTA_VIEWS"], tta_views_of(array[None])):
         np.testing.assert_array_equal(nb["seen_as"](array, view), expected[0])
 
 
@@ -94,15 +81,18 @@ def test_the_features_of_an_image_s_views_are_the_trunk_s_output_kept_by_where_i
     pixels = np.stack(arrays).astype(np.float32)[..., None]
     plain = nb["trunk_features"](trunk, frame, 2, 1, store)
     assert {path: rows.shape for path, rows in plain.items()} == dict.fromkeys(frame["cache"], (1, 512))
+    np.save(store / "0.npy", np.full(512, 7.0, np.float32))  # a stand-in: what is kept is read, not computed again
     every = nb["trunk_features"](trunk, frame, 2, 1, store, nb["TTA_VIEWS"])
-    views = views_of(pixels)
+    np.testing.assert_array_equal(every[frame["cache"][0]][0], 7.0)
+    views = tta_views_of(pixels)
     for k, path in enumerate(frame["cache"]):
-        np.testing.assert_allclose(every[path][0], plain[path][0])  # read back, not computed again
-        np.testing.assert_allclose(every[path], np.asarray(trunk(np.stack([view[k] for view in views]))),
-                                   rtol=1e-4, atol=1e-3)
-    assert sorted(p.name for p in store.glob("0*.npy")) == ["0-mirror.npy", "0-zoomed-mirror.npy", "0-zoomed.npy",
-                                                             "0.npy"]
+        computed = np.asarray(trunk(np.stack([view[k] for view in views])))
+        np.testing.assert_allclose(every[path][int(k == 0) :], computed[int(k == 0) :], rtol=1e-4, atol=1e-3)
+    assert sorted(p.name for p in store.glob("0*.npy")) == ["0-mirror.npy", "0-zoomed70-mirror.npy",
+                                                             "0-zoomed70.npy", "0.npy"]
     assert len(list(store.glob("*.npy"))) == 12  # each image's four views, once
+    with pytest.raises(ValueError, match="are not the first of"):
+        nb["trunk_features"](trunk, frame, 2, 1, store, ("image", "zoomed70"))
 
 
 def test_the_head_scales_features_by_those_of_every_view(nb):
@@ -135,7 +125,7 @@ def hed_run(tmp_path_factory):
 
 def mean_over_views(model, pixels):
     """A model's p(fractured) for a batch of inputs, averaged over their four views (TTA)."""
-    return np.mean([np.asarray(model(view, training=False))[:, 0] for view in views_of(pixels)], axis=0)
+    return np.mean([np.asarray(model(view, training=False))[:, 0] for view in tta_views_of(pixels)], axis=0)
 
 
 def test_the_features_of_each_image_s_views_are_computed_once_and_kept_in_the_cache(hed_run):
@@ -143,7 +133,7 @@ def test_the_features_of_each_image_s_views_are_computed_once_and_kept_in_the_ca
     (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-block4-features")]
     used = index.loc[index["note"].isna(), "cache"].map(lambda path: path.rsplit("/", 1)[1].removesuffix(".png"))
     kept = {p.stem for p in store.glob("*.npy")}
-    for suffix in ("", "-mirror", "-zoomed", "-zoomed-mirror"):
+    for suffix in ("", "-mirror", "-zoomed70", "-zoomed70-mirror"):
         assert {stem + suffix for stem in used} <= kept  # and the external images' (below)
     assert np.load(next(store.glob("*.npy"))).shape == (512,)  # block 4's maps, pooled
 
@@ -168,7 +158,8 @@ def test_the_saved_model_scores_images_as_the_cross_validation_did(nb, hed_run):
                            for path in part["path"]])
         member = members[f"seed_7_fold_{k}"]
         np.testing.assert_allclose(mean_over_views(member, pixels), part["p_fractured"], atol=1e-4)
-        only_two = np.mean([np.asarray(member(view, training=False))[:, 0] for view in views_of(pixels)[:2]], axis=0)
+        first_two = tta_views_of(pixels)[:2]
+        only_two = np.mean([np.asarray(member(view, training=False))[:, 0] for view in first_two], axis=0)
         assert not np.allclose(only_two, part["p_fractured"], atol=1e-4)  # the zoomed views' features were used
     assert (folder / "gradcam.png").stat().st_size > 10_000
 
@@ -203,7 +194,9 @@ def test_predictions_average_the_saved_model_over_each_image_s_views(nb, hed_run
     assert not np.allclose(np.asarray(model(pixels, training=False))[:, 0], predicted["p_fractured"], atol=1e-5)
 
 
-def test_the_readme_snippet_averages_the_views_as_the_notebook_does(hed_run, tmp_path):
+def test_the_readme_snippet_averages_the_views_as_the_notebook_does(nb, hed_run, tmp_path):
+    import keras
+
     folder, image = hed_run["folder"], tmp_path / "xray.jpg"
     (tmp_path / "artifacts" / "latest").mkdir(parents=True)
     for name in ("model.keras", "model.json"):
@@ -214,3 +207,7 @@ def test_the_readme_snippet_averages_the_views_as_the_notebook_does(hed_run, tmp
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.split()[-2]) == pytest.approx(predicted["p_fractured"].iloc[0], abs=1e-4)
+    model = keras.models.load_model(folder / "model.keras")
+    pixels = nb["model_input"](nb["load_xray"](predicted["path"].iloc[0]), 32, "squash")[None]
+    first_two = np.mean([np.asarray(model(view))[0, 0] for view in tta_views_of(pixels)[:2]])
+    assert abs(first_two - predicted["p_fractured"].iloc[0]) > 1e-3  # the zoomed views make the difference

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tta_views_of
 from PIL import Image
 
 CLASSES = ["fractured", "not_fractured"]
@@ -19,9 +20,9 @@ ONLY_WITH_EXTERNAL = {"external_predictions.csv", "external_roc.png", "localisat
 
 
 def p_fractured(model, pixels, tta):
-    """A model's probability of `fractured` for a batch of model inputs: with `tta`, the mean over the images and
-    their left-right mirrors (as model.json's `test_time_augmentation` says)."""
-    views = [pixels, pixels[:, :, ::-1]] if tta else [pixels]
+    """A model's probability of `fractured` for a batch of model inputs: with `tta`, the mean over their four views
+    (as model.json's `test_time_augmentation` says)."""
+    views = tta_views_of(pixels) if tta else [pixels]
     return np.mean([np.asarray(model(view, training=False))[:, CLASSES.index("fractured")] for view in views], axis=0)
 
 
@@ -136,7 +137,7 @@ def test_saved_model_is_the_average_of_the_fold_models_that_made_the_out_of_fold
         pixels = np.stack([np.asarray(Image.open(index.at[path, "cache"]), np.float32)[..., None]  # 0-255, as fed
                            for path in part["path"]])
         np.testing.assert_allclose(p_fractured(first_seed[k], pixels, tta), part["p_fractured"], atol=1e-5)
-        if tta:  # the flips change the figures: the test would see a model scored without them
+        if tta:  # the views change the figures: the test would see a model scored without them
             assert not np.allclose(p_fractured(first_seed[k], pixels, False), part["p_fractured"], atol=1e-5)
 
 
