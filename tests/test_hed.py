@@ -16,6 +16,7 @@ from conftest import ROOT, execute_notebook, readme_snippet, run_folder, tta_vie
 from fixture_data import build_fixture, build_learnable_fixture
 from nbhelpers import notebook_namespace
 from PIL import Image
+from test_run_outputs import p_fractured
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +124,6 @@ def hed_run(tmp_path_factory):
     return {"folder": run_folder(output), "output": output}
 
 
-def mean_over_views(model, pixels):
-    """A model's p(fractured) for a batch of inputs, averaged over their four views (TTA)."""
-    return np.mean([np.asarray(model(view, training=False))[:, 0] for view in tta_views_of(pixels)], axis=0)
-
-
 def test_the_features_of_each_image_s_views_are_computed_once_and_kept_in_the_cache(hed_run):
     index = pd.read_csv(hed_run["folder"] / "index.csv")
     (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-block4-features")]
@@ -157,7 +153,7 @@ def test_the_saved_model_scores_images_as_the_cross_validation_did(nb, hed_run):
         pixels = np.stack([np.asarray(Image.open(index.at[path, "cache"]), np.float32)[..., None]
                            for path in part["path"]])
         member = members[f"seed_7_fold_{k}"]
-        np.testing.assert_allclose(mean_over_views(member, pixels), part["p_fractured"], atol=1e-4)
+        np.testing.assert_allclose(p_fractured(member, pixels, tta=True), part["p_fractured"], atol=1e-4)
         first_two = tta_views_of(pixels)[:2]
         only_two = np.mean([np.asarray(member(view, training=False))[:, 0] for view in first_two], axis=0)
         assert not np.allclose(only_two, part["p_fractured"], atol=1e-4)  # the zoomed views' features were used
@@ -175,7 +171,7 @@ def test_the_external_images_are_scored_as_the_saved_model_scores_them(nb, hed_r
     assert len(scored) == 12
     model = keras.models.load_model(folder / "model.keras")
     pixels = np.stack([nb["model_input"](nb["load_xray"](path), 32, "squash") for path in scored["path"]])
-    np.testing.assert_allclose(mean_over_views(model, pixels), scored["p_fractured"], atol=1e-4)
+    np.testing.assert_allclose(p_fractured(model, pixels, tta=True), scored["p_fractured"], atol=1e-4)
     (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-block4-features")]
     used = pd.read_csv(folder / "index.csv").query("note.isna()")["cache"].nunique()
     assert len(list(store.glob("*.npy"))) == 4 * (used + 12)  # the training and external images' four views
@@ -190,7 +186,7 @@ def test_predictions_average_the_saved_model_over_each_image_s_views(nb, hed_run
     assert len(predicted) == 6 and (predicted["error"] == "").all()
     model = keras.models.load_model(folder / "model.keras")
     pixels = np.stack([nb["model_input"](nb["load_xray"](path), 32, "squash") for path in predicted["path"]])
-    np.testing.assert_allclose(mean_over_views(model, pixels), predicted["p_fractured"], atol=1e-5)
+    np.testing.assert_allclose(p_fractured(model, pixels, tta=True), predicted["p_fractured"], atol=1e-5)
     assert not np.allclose(np.asarray(model(pixels, training=False))[:, 0], predicted["p_fractured"], atol=1e-5)
 
 
