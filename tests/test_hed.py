@@ -106,6 +106,30 @@ def test_the_head_scales_features_by_those_of_every_view(nb):
     np.testing.assert_allclose(np.asarray(network.get_layer("feature_scaling").variance), 5.0)
 
 
+def test_a_frozen_trunk_s_head_trains_every_epoch_and_keeps_its_last_weights(nb):
+    """Early stopping would keep the epoch of lowest validation loss (and, with PATIENCE=1, stop): the head of a
+    frozen trunk trains all EPOCHS on features that teach nothing about the validation labels, and is returned as
+    it was after the last epoch, whose validation loss the history records."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"cache": [f"{i}.png" for i in range(60)], "label": ["fractured", "not_fractured"] * 30,
+                          "group": range(60)})
+    features = {path: rng.normal(size=(1, 512)).astype(np.float32) for path in frame["cache"]}
+    parts = {"train": frame[:40], "val": frame[40:], "test": frame[40:]}
+    settings = dataclasses.replace(nb["settings"], backbone="hed", epochs=5, patience=1, learning_rate=0.05)
+    model, history = nb["train_fold"](1, parts, settings, tf.distribute.get_strategy(), 8, 0, False, features)
+    assert history["epoch"].tolist() == [1, 2, 3, 4, 5] and history["kept"].tolist() == [False] * 4 + [True]
+    assert history["val_loss"].idxmin() != 4  # so early stopping would have kept another epoch
+    head = nb["compiled"](nb["split_at_pooling"](model)[1], 1, 1, 1e-3)  # compiled for its loss
+    p = nb["predict_fractured"](head, parts["val"], 8, 1, features=features)
+    weights = nb["validation_weights"](parts["val"], settings.balance, "radiograph")
+    last_loss = history["val_loss"].iloc[-1]
+    assert nb["validation_loss"](head, parts["val"], p, weights) == pytest.approx(last_loss, rel=1e-4)
+
+
 @pytest.fixture(scope="module")
 def hed_run(tmp_path_factory):
     """A quick training run on HED's trunk at 32 px, with the four views (TTA): 2 folds, 2 epochs, one seed; tested on

@@ -93,7 +93,8 @@ def test_confusion_matrix_report_and_rates_are_at_the_one_threshold(notebook_run
 def test_history_has_one_row_per_seed_fold_and_epoch(notebook_run, metrics):
     history = pd.read_csv(notebook_run / "history.csv")
     assert list(history.columns[:3]) == ["seed", "fold", "epoch"]
-    assert {"loss", "val_loss", "val_roc_auc", "learning_rate", "seconds"} <= set(history.columns)
+    assert {"loss", "val_loss", "val_roc_auc", "learning_rate", "seconds", "kept"} <= set(history.columns)
+    assert (history.groupby(["seed", "fold"])["kept"].sum() == 1).all()  # one epoch kept per fold model
     assert history["seed"].unique().tolist() == metrics["parameters"]["seeds"]  # every seed trained the same way
     folds = metrics["training"]["folds"]  # the first seed's
     first = history[history["seed"] == metrics["parameters"]["seeds"][0]]
@@ -101,7 +102,8 @@ def test_history_has_one_row_per_seed_fold_and_epoch(notebook_run, metrics):
     for summary in folds:
         run = first[first["fold"] == summary["fold"]]
         assert run["epoch"].tolist() == list(range(1, summary["epochs_run"] + 1))
-        assert summary["best_epoch"] == int(run.loc[run["val_loss"].idxmin(), "epoch"])
+        assert summary["kept_epoch"] == int(run.loc[run["kept"], "epoch"].iloc[0])
+        assert summary["kept_epoch"] == int(run.loc[run["val_loss"].idxmin(), "epoch"])  # the CNN: early-stopped
 
 
 @pytest.mark.parametrize("name", FIGURES)

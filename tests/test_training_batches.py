@@ -165,9 +165,11 @@ def test_a_standardizing_cnn_ignores_brightness_and_contrast_and_reloads_as_save
 
 def test_a_further_seeds_fold_is_summed_up_in_one_line_naming_the_epoch_kept(nb):
     history = pd.DataFrame({"loss": [0.9, 0.7, 0.6], "val_loss": [0.8, 0.5, 0.65], "val_roc_auc": [0.6, 0.75, 0.7],
-                            "seconds": [10.2, 9.9, 10.1], "fold": 2, "epoch": [1, 2, 3]})
-    assert nb["fold_line"](2, history) == ("fold 2: 3 epochs in 30 s, best val loss 0.500 at epoch 2 "
-                                            "(val ROC-AUC 0.750 per image)")
+                            "seconds": [10.2, 9.9, 10.1], "fold": 2, "epoch": [1, 2, 3], "kept": [False, True, False]})
+    assert nb["fold_line"](2, history) == ("fold 2: 3 epochs in 30 s, kept epoch 2 (val loss 0.500, val ROC-AUC 0.750 "
+                                            "per image)")
+    last = history.assign(kept=[False, False, True])  # a frozen trunk's head keeps its last epoch
+    assert nb["fold_line"](2, last).endswith("kept epoch 3 (val loss 0.650, val ROC-AUC 0.700 per image)")
 
 
 def test_the_validation_loss_from_one_prediction_equals_keras_own_validation_pass(nb, tmp_path):
