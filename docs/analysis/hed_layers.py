@@ -15,12 +15,15 @@ convolution and pooling of HED's blocks 3 to 5 (e.g. `b4c3_mean`: block4_conv3's
 `zoomed55_mirror`, `enlarged320` (the whole image, its longest side 320 px), `enlarged320_mirror`, `tilted` (turned
 8 degrees) or `tilted_mirror`. `score` fits a logistic regression (standardized features, C=0.01) on each FEATURES
 (`+` joins several) and prints the out-of-fold ROC-AUC per radiograph over all, inside region (weighted by the
-smaller class) and without hardware, the mean of the three seeds' figures. VIEWS says which views of each image it
-is trained on and which it averages when scoring, as TRAIN:TEST of view initials (i image, m mirror, u upside down,
-r rotated, z zoomed, y zoomed mirror, c and d the same at 70 %, g and h at 55 %, e enlarged, f enlarged mirror, t
-tilted, s tilted mirror): `i:i` the image alone, `im:im` the image and its mirror in both (the notebook's frozen
-trunk with TTA).
+smaller class) and without hardware, the mean of the three seeds' figures, and those of the three seeds' mean
+probability (seeds together). With THREE_FOLDS=1 in the environment, each fold's regression is trained on three
+folds of five, a grouped fourth left out as the notebook leaves out its validation part. VIEWS says which views
+of each image it is trained on and which it averages when scoring, as TRAIN:TEST of view initials (i image, m
+mirror, u upside down, r rotated, z zoomed, y zoomed mirror, c and d the same at 70 %, g and h at 55 %, e enlarged,
+f enlarged mirror, t tilted, s tilted mirror): `i:i` the image alone, `im:im` the image and its mirror in both,
+`imcd:imcd` the four views of the notebook's TTA.
 """
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +38,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 SEEDS = (42, 1, 7)
+THREE_FOLDS = os.environ.get("THREE_FOLDS") == "1"  # train on three folds of five, as the notebook's head does
 VIEWS = {"i": "image", "m": "mirror", "u": "upside_down", "r": "rotated180", "z": "zoomed", "y": "zoomed_mirror",
          "c": "zoomed70", "d": "zoomed70_mirror", "g": "zoomed55", "h": "zoomed55_mirror", "e": "enlarged320",
          "f": "enlarged320_mirror", "t": "tilted", "s": "tilted_mirror"}
@@ -102,15 +106,23 @@ def score(run, out, fracatlas, features, views):
             taught, averaged = spec.split(":")
             seen = {initial: np.concatenate([np.load(out / VIEWS[initial] / f"{name}.npy")
                                              for name in feature.split("+")], axis=1) for initial in taught + averaged}
-            figures, start = [], time.perf_counter()
+            figures, probabilities, start = [], [], time.perf_counter()
             for seed in SEEDS:
                 p = np.zeros(len(y))
-                for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(y, y, unit):
+                for k, (train, test) in enumerate(StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(
+                        y, y, unit), start=1):
+                    if THREE_FOLDS:  # leave out a validation part as the notebook's fold_parts does
+                        inner = StratifiedGroupKFold(4, shuffle=True, random_state=seed + k)
+                        train = train[next(inner.split(train, y[train], unit[train]))[0]]
                     fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
                     fitted.fit(np.concatenate([seen[v][train] for v in taught]), np.tile(y[train], len(taught)))
                     p[test] = np.mean([fitted.predict_proba(seen[v][test])[:, 1] for v in averaged], axis=0)
                 figures.append(scores(p, y, group, part, hardware))
-            print(summary(f"{feature} {spec}", figures, SEEDS, time.perf_counter() - start), flush=True)
+                probabilities.append(p)
+            together = scores(np.mean(probabilities, axis=0), y, group, part, hardware)
+            print(summary(f"{feature} {spec}", figures, SEEDS, time.perf_counter() - start,
+                          "seeds together: all {:.3f}, inside region {:.3f}, without hardware {:.3f}; ".format(
+                              *together)), flush=True)
 
 
 if __name__ == "__main__":
