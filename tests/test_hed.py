@@ -148,6 +148,14 @@ def hed_run(tmp_path_factory):
     return {"folder": run_folder(output), "output": output}
 
 
+def test_the_run_s_heads_each_kept_their_last_epoch(hed_run):
+    history = pd.read_csv(hed_run["folder"] / "history.csv")
+    last = history.groupby(["seed", "fold"])["epoch"].transform("max")
+    assert (history["epoch"] == last).equals(history["kept"]) and (last == 2).all()  # EPOCHS=2, every one trained
+    folds = json.loads((hed_run["folder"] / "metrics.json").read_text())["training"]["folds"]
+    assert [(fold["epochs_run"], fold["kept_epoch"]) for fold in folds] == [(2, 2), (2, 2)]
+
+
 def test_the_features_of_each_image_s_views_are_computed_once_and_kept_in_the_cache(hed_run):
     index = pd.read_csv(hed_run["folder"] / "index.csv")
     (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-block4-features")]

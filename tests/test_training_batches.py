@@ -172,6 +172,28 @@ def test_a_further_seeds_fold_is_summed_up_in_one_line_naming_the_epoch_kept(nb)
     assert nb["fold_line"](2, last).endswith("kept epoch 3 (val loss 0.650, val ROC-AUC 0.700 per image)")
 
 
+def test_the_cnn_is_returned_with_the_weights_of_the_epoch_its_history_marks_as_kept(nb, tmp_path):
+    """The CNN is early-stopped (PATIENCE=1) on images that teach nothing about the validation labels, and returned
+    with the weights of its lowest validation loss, not its last epoch's: the epoch `kept` marks."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    rng = np.random.default_rng(8)
+    paths = [write_image(tmp_path / f"n{i}.png", rng.integers(0, 255, (64, 64), dtype=np.uint8)) for i in range(48)]
+    frame = pd.DataFrame({"cache": paths, "label": ["fractured", "not_fractured"] * 24, "group": range(48)})
+    parts = {"train": frame[:32], "val": frame[32:], "test": frame[32:]}
+    settings = dataclasses.replace(nb["settings"], epochs=6, patience=1, learning_rate=0.05, workers=1)
+    model, history = nb["train_fold"](1, parts, settings, tf.distribute.get_strategy(), 8, 0, False)
+    kept = int(history["val_loss"].idxmin())
+    assert history["kept"].tolist() == [row == kept for row in range(len(history))]
+    assert kept != len(history) - 1  # so the last epoch's weights would differ
+    p = nb["predict_fractured"](model, parts["val"], 8, 1)
+    weights = nb["validation_weights"](parts["val"], settings.balance, "radiograph")
+    loss = nb["validation_loss"](nb["compiled"](model, 1, 1, 1e-3), parts["val"], p, weights)
+    assert loss == pytest.approx(history["val_loss"].iloc[kept], rel=1e-4)
+
+
 def test_the_validation_loss_from_one_prediction_equals_keras_own_validation_pass(nb, tmp_path):
     """Early stopping watches validation_loss, computed from the epoch's one prediction of the validation images:
     it must be the weighted loss Keras's evaluate gives on the same batches and weights."""
