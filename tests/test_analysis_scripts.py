@@ -172,3 +172,37 @@ def test_two_runs_are_averaged_on_one_data_set_and_refused_with_other_folds(monk
     run_c = write_run(tmp_path / "c", {42: rng.random(40)}, folds[1:] + folds[:1])
     with pytest.raises(SystemExit, match="same folds"):
         two_runs.main(run_a, run_c, "FracAtlas", 0.5, resamples=20)
+
+
+def test_each_view_s_windows_touch_the_boxes_as_that_view_shows_them(monkeypatch, tmp_path):
+    patches = analysis_script("view_patches", monkeypatch)
+    # a box in the top left corner of a 224 x 224 image (as the cache holds it: squash), inside the first window only
+    fracatlas = write_outlines(tmp_path / "FracAtlas", {"a.jpg": (224, 224, [(10, 10, 20, 20)]),
+                                                        "b.jpg": (224, 224, [])})
+    touched = {view: patches.touched_windows(fracatlas, ["a.jpg", "b.jpg"], view) for view in patches.VIEWS}
+    grid = {view: rows[0].reshape(3, 3) for view, rows in touched.items()}  # 3 x 3 windows of 112 px, 56 apart
+    assert grid["image"].tolist() == [[True, False, False], [False, False, False], [False, False, False]]
+    assert np.array_equal(grid["mirror"], grid["image"][:, ::-1])  # the box on the right once mirrored
+    assert not grid["zoomed70"].any()  # x 10-30 lies in the 34 px margin the zoom cuts off
+    assert not any(rows[1].any() for rows in touched.values())  # no outline, no window touched
+
+
+def test_window_probabilities_learn_from_every_view_and_average_their_largest_window(monkeypatch):
+    patches = analysis_script("view_patches", monkeypatch)
+    rng = np.random.default_rng(1)
+    count, windows = 80, 9
+    y = (np.arange(count) % 2).astype(np.float32)
+    features, touched = {}, {}
+    for k, view in enumerate(patches.VIEWS):
+        boxed = rng.integers(0, windows, count)
+        touched[view] = np.zeros((count, windows), bool)
+        touched[view][y == 1, boxed[y == 1]] = True
+        features[view] = rng.normal(size=(count, windows, 8)).astype(np.float32)
+        features[view][y == 1, boxed[y == 1], k] += 4.0  # each view shows the fracture in its own feature
+    train, test = np.arange(0, 60), np.arange(60, count)
+    p = patches.window_probabilities(features, touched, y, train, test, "boxes")
+    assert p.shape == (len(test),) and roc_auc_score(y[test], p) > 0.95
+    alone = {view: features["image"] for view in patches.VIEWS}  # the other views' evidence removed
+    q = patches.window_probabilities(alone, {view: touched["image"] for view in patches.VIEWS}, y, train, test,
+                                     "boxes")
+    assert not np.allclose(p, q)
