@@ -179,7 +179,8 @@ def test_each_view_s_windows_touch_the_boxes_as_that_view_shows_them(monkeypatch
     # a box in the top left corner of a 224 x 224 image (as the cache holds it: squash), inside the first window only
     fracatlas = write_outlines(tmp_path / "FracAtlas", {"a.jpg": (224, 224, [(10, 10, 20, 20)]),
                                                         "b.jpg": (224, 224, [])})
-    touched = {view: patches.touched_windows(fracatlas, ["a.jpg", "b.jpg"], view) for view in patches.VIEWS}
+    masks = patches.box_masks(fracatlas, ["a.jpg", "b.jpg"], 224)
+    touched = {view: patches.touched_windows(masks, view) for view in patches.VIEWS}
     grid = {view: rows[0].reshape(3, 3) for view, rows in touched.items()}  # 3 x 3 windows of 112 px, 56 apart
     assert grid["image"].tolist() == [[True, False, False], [False, False, False], [False, False, False]]
     assert np.array_equal(grid["mirror"], grid["image"][:, ::-1])  # the box on the right once mirrored
@@ -187,7 +188,7 @@ def test_each_view_s_windows_touch_the_boxes_as_that_view_shows_them(monkeypatch
     assert not any(rows[1].any() for rows in touched.values())  # no outline, no window touched
 
 
-def test_window_probabilities_learn_from_every_view_and_average_their_largest_window(monkeypatch):
+def test_patches_over_the_views_learn_from_every_view_and_average_their_largest_window(monkeypatch):
     patches = analysis_script("view_patches", monkeypatch)
     rng = np.random.default_rng(1)
     count, windows = 80, 9
@@ -200,9 +201,9 @@ def test_window_probabilities_learn_from_every_view_and_average_their_largest_wi
         features[view] = rng.normal(size=(count, windows, 8)).astype(np.float32)
         features[view][y == 1, boxed[y == 1], k] += 4.0  # each view shows the fracture in its own feature
     train, test = np.arange(0, 60), np.arange(60, count)
-    p = patches.window_probabilities(features, touched, y, train, test, "boxes")
+    p = patches.over_views(patches.patch_probabilities, [features, touched], y, train, test, "boxes")
     assert p.shape == (len(test),) and roc_auc_score(y[test], p) > 0.95
     alone = {view: features["image"] for view in patches.VIEWS}  # the other views' evidence removed
-    q = patches.window_probabilities(alone, {view: touched["image"] for view in patches.VIEWS}, y, train, test,
-                                     "boxes")
+    q = patches.over_views(patches.patch_probabilities, [alone, {view: touched["image"] for view in patches.VIEWS}],
+                           y, train, test, "boxes")
     assert not np.allclose(p, q)

@@ -25,13 +25,19 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from hed_heads import box_masks, cached_images, described_images, hed_taps, scores, summary
+from hed_heads import (
+    box_masks,
+    cached_images,
+    described_images,
+    hed_taps,
+    mean_lr_probabilities,
+    patch_probabilities,
+    scores,
+    summary,
+)
 from hed_layers import seen_as
 from PIL import Image
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 SEEDS = (42, 1, 7)
 VIEWS = ("image", "mirror", "zoomed70", "zoomed70_mirror")
@@ -56,51 +62,38 @@ def extract(run, out):
     used[["path", "cache", "label", "group"]].to_csv(out / "images.csv", index=False)
 
 
-def touched_windows(fracatlas, files, view):
-    """Whether each window of each image, seen as `view`, touches one of its fracture boxes: images x windows."""
-    masks = box_masks(fracatlas, files, 224)  # the boxes on the 224 px image, stretched as the cache holds it
+def touched_windows(masks, view):
+    """Whether each window of each image, seen as `view`, touches one of its fracture boxes (`masks`: box_masks of the
+    224 px images, stretched as the cache holds them): images x windows."""
     seen = np.stack([seen_as(Image.fromarray((mask * 255).astype(np.uint8)), view) > 0 for mask in masks])
     touched = tf.nn.max_pool2d(seen[..., None].astype(np.float32), WIDTH * CELL, WIDTH * CELL // 2, "VALID")
-    return touched.numpy().reshape(len(files), -1) > 0
+    return touched.numpy().reshape(len(masks), -1) > 0
 
 
-def window_probabilities(windows, touched, y, train, test, teach):
-    """Fit a logistic regression on the training images' windows of every view and return each test image's
-    probability: its windows' largest in each view, averaged over the views."""
-    rows, labels = [], []
-    for view in VIEWS:
-        fractured = np.broadcast_to(y[train, None] == 1, touched[view][train].shape).ravel()
-        label = fractured if teach == "image" else touched[view][train].ravel()
-        kept = label | ~fractured | (teach != "boxes")
-        rows.append(windows[view][train].reshape(-1, windows[view].shape[-1])[kept])
-        labels.append(label[kept])
-    fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000, class_weight="balanced"))
-    fitted.fit(np.concatenate(rows), np.concatenate(labels).astype(int))
-    return np.mean([fitted.predict_proba(windows[view][test].reshape(-1, windows[view].shape[-1]))[:, 1]
-                    .reshape(len(test), -1).max(axis=1) for view in VIEWS], axis=0)
-
-
-def mean_probabilities(means, y, train, test):
-    """Fit a logistic regression on the training images' mean features of every view and return each test
-    image's probability averaged over the views."""
-    fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
-    fitted.fit(np.concatenate([means[view][train] for view in VIEWS]), np.tile(y[train], len(VIEWS)))
-    return np.mean([fitted.predict_proba(means[view][test])[:, 1] for view in VIEWS], axis=0)
+def over_views(probabilities, per_view, y, train, test, *options):
+    """Fit `probabilities` (hed_heads' mean_lr_probabilities or patch_probabilities, which fit on the training images
+    and score the test images) on every view's images at once, each `per_view` array's views stacked as further
+    images, and return each test image's probability averaged over the views."""
+    stacked = [np.concatenate([arrays[view] for view in VIEWS]) for arrays in per_view]
+    rows = [np.concatenate([part + k * len(y) for k in range(len(VIEWS))]) for part in (train, test)]
+    p = probabilities(*stacked, np.tile(y, len(VIEWS)), *rows, *options)
+    return p.reshape(len(VIEWS), len(test)).mean(axis=0)
 
 
 def score(run, out, features, fracatlas, teach):
     """Print `lr`, `win` and `win+lr`'s out-of-fold figures at each seed and for the seeds together."""
     files, y, unit, group, part, hardware = described_images(run, out, fracatlas)
     windows = {view: np.load(out / f"{view}.npy").astype(np.float32) for view in VIEWS}
-    touched = {view: touched_windows(fracatlas, files, view) for view in VIEWS}
+    masks = box_masks(fracatlas, files, 224)
+    touched = {view: touched_windows(masks, view) for view in VIEWS}
     means = {view: np.load(features / view / "b4c3_mean.npy") for view in VIEWS}
     heads = {"lr": [], "win": [], "win+lr": []}
     start = time.perf_counter()
     for seed in SEEDS:
         p = {head: np.zeros(len(y)) for head in heads}
         for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(y, y, unit):
-            p["lr"][test] = mean_probabilities(means, y, train, test)
-            p["win"][test] = window_probabilities(windows, touched, y, train, test, teach)
+            p["lr"][test] = over_views(mean_lr_probabilities, [means], y, train, test)
+            p["win"][test] = over_views(patch_probabilities, [windows, touched], y, train, test, teach)
             p["win+lr"][test] = (p["lr"][test] + p["win"][test]) / 2
         for head in heads:
             heads[head].append(p[head])
