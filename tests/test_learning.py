@@ -18,15 +18,18 @@ from conftest import execute_notebook, failing_run, new_folder, run_folder
 from fixture_data import build_learnable_fixture
 from sklearn.metrics import roc_auc_score
 
-# 144 radiographs at 64 px, 3 folds of one seed, 8 epochs, an external set of 48: about two minutes on 2 CPU cores.
+# 144 radiographs at 64 px, 3 folds of one seed, 8 epochs, an external set of 48: about two minutes on 2 CPU cores
+# for each network.
 LEARNING_RUN = {"BONE_FRACTURE_FOLDS": "3", "BONE_FRACTURE_EPOCHS": "8", "BONE_FRACTURE_IMG_SIZE": "64",
                 "BONE_FRACTURE_BATCH_SIZE": "16", "BONE_FRACTURE_SEEDS": "7", "BONE_FRACTURE_BOOTSTRAP": "100",
                 "BONE_FRACTURE_ANNOTATIONS": "none"}
 
 
-@pytest.fixture(scope="module")
-def learnt(tmp_path_factory):
-    """The run folder of the notebook trained on two learnable data sets and tested on a third."""
+@pytest.fixture(scope="module", params=["cnn", "auto"])
+def learnt(request, tmp_path_factory):
+    """The run folder of the notebook trained on two learnable data sets and tested on a third: once with the CNN
+    from scratch, once with BACKBONE and TTA left to "auto", which with FracAtlas among the data train HED's trunk
+    on the four views."""
     work = tmp_path_factory.mktemp("learnable")
     kaggle = build_learnable_fixture(work / "kaggle")
     fracatlas = build_learnable_fixture(work / "fracatlas", per_class=24, layout="fracatlas", seed=2)
@@ -35,11 +38,13 @@ def learnt(tmp_path_factory):
     shutil.copy(kaggle / "train" / "fractured" / "f_000.png", copy)
     images = external / "FracAtlas" / "images"  # one fractured radiograph filed under both labels (no hardware)
     shutil.copy(images / "Fractured" / "IMG0300002.jpg", images / "Non_fractured" / "IMG0300002_refiled.jpg")
-    _, error = execute_notebook({**LEARNING_RUN, "BONE_FRACTURE_DATA_DIR": f"{kaggle},{fracatlas}",
+    network = {"BONE_FRACTURE_BACKBONE": request.param if request.param != "auto" else None}
+    _, error = execute_notebook({**LEARNING_RUN, **network, "BONE_FRACTURE_DATA_DIR": f"{kaggle},{fracatlas}",
                                  "BONE_FRACTURE_EXTERNAL": str(external),
                                  "BONE_FRACTURE_OUTPUT_DIR": str(work / "output")})
     assert error is None, error
-    return {"folder": run_folder(work / "output"), "copy": copy, "external": external, "work": work}
+    return {"folder": run_folder(work / "output"), "copy": copy, "external": external, "work": work,
+            "asked": request.param}
 
 
 def per_radiograph(predictions):
@@ -54,6 +59,15 @@ def test_the_network_learns_a_visible_mark_out_of_fold(learnt):
     assert auc >= 0.9, f"out-of-fold ROC-AUC per radiograph {auc:.3f}: the network did not learn the mark"
     metrics = json.loads((learnt["folder"] / "metrics.json").read_text())
     assert metrics["test"]["per_radiograph"]["cnn"]["roc_auc"] == pytest.approx(auc)
+
+
+def test_auto_trains_hed_s_trunk_on_the_four_views_where_fracatlas_is_among_the_data(learnt):
+    parameters = json.loads((learnt["folder"] / "metrics.json").read_text())["parameters"]
+    expected = ("hed", True) if learnt["asked"] == "auto" else ("cnn", False)
+    assert (parameters["backbone"], parameters["tta"]) == expected
+    contract = json.loads((learnt["folder"] / "model.json").read_text())
+    assert contract["backbone"] == {"hed": "hed", "cnn": "sequential cnn"}[parameters["backbone"]]
+    assert contract["test_time_augmentation"] is parameters["tta"]
 
 
 def test_both_data_sets_are_read_and_reported_each(learnt):
@@ -109,8 +123,8 @@ def test_the_saved_model_tested_without_retraining_gives_the_same_external_figur
                                  "BONE_FRACTURE_ANNOTATIONS": "none", "BONE_FRACTURE_OUTPUT_DIR": str(output)})
     assert error is None, error
     again = new_folder(output, {output / "cache"})
-    (cache,) = (output / "cache").iterdir()
-    assert cache.name.startswith("64px-")  # the model's input size, not this run's IMG_SIZE (224 by default)
+    caches = [folder.name for folder in (output / "cache").iterdir()]  # with HED's trunk, its features beside
+    assert caches and all(name.startswith("64px-") for name in caches)  # the model's size, not IMG_SIZE's 224
     assert not (again / "history.csv").exists()  # nothing trained
     before = json.loads((learnt["folder"] / "metrics.json").read_text())["external"]
     after = json.loads((again / "metrics.json").read_text())["external"]

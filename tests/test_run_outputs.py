@@ -154,7 +154,8 @@ def test_the_model_carries_its_contract(notebook_run, metrics):
     assert contract["gradcam_layer"] == "last_conv"
     assert contract["members"] == parameters["folds"] * len(parameters["seeds"])  # the fold models of every seed
     assert contract["test_time_augmentation"] == parameters["tta"]
-    assert contract["backbone"] == (parameters["backbone"] or "sequential cnn")
+    assert (parameters["backbone"], parameters["tta"]) == ("cnn", False)  # "auto" on the Kaggle layout
+    assert contract["backbone"] == "sequential cnn"  # its name in model.json since 3.0
     assert contract["evaluation"]["radiographs"] == test["per_radiograph"]["cnn"]["n"]  # every radiograph scored
     assert "out of fold" in contract["evaluation"]["scope"]
     assert contract["notebook_version"] == metrics["notebook_version"] and contract["run"] == metrics["run"]

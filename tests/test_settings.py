@@ -45,7 +45,8 @@ def test_each_invalid_parameter_is_refused_naming_variable_value_and_what_is_all
     ("DEDUPLICATE", "off", False), ("TTA", "Yes", True), ("EPOCHS", " 3 ", 3), ("FOLDS", "1", 1),
     ("SEEDS", "3, 5", [3, 5]), ("SEEDS", "0", [0]), ("VIEWS", "0", 0), ("BALANCE", "class", "class"),
     ("TARGET_SENSITIVITY", "0.9", 0.9), ("SPLIT_FRACTIONS", "0.6,0.2,0.2", [0.6, 0.2, 0.2]), ("FIT", "pad", "pad"),
-    ("RUN_ID", "seed-1_v3.2", "seed-1_v3.2"),
+    ("RUN_ID", "seed-1_v3.2", "seed-1_v3.2"), ("TTA", "AUTO", "auto"), ("TTA", "off", False),
+    ("BACKBONE", "cnn", "cnn"), ("BACKBONE", "auto", "auto"),
 ])
 def test_documented_values_are_accepted_into_the_settings(name, value, expected):
     namespace, error = settings_outcome({name: value})

@@ -183,7 +183,8 @@ def test_the_cnn_is_returned_with_the_weights_of_the_epoch_its_history_marks_as_
     paths = [write_image(tmp_path / f"n{i}.png", rng.integers(0, 255, (64, 64), dtype=np.uint8)) for i in range(48)]
     frame = pd.DataFrame({"cache": paths, "label": ["fractured", "not_fractured"] * 24, "group": range(48)})
     parts = {"train": frame[:32], "val": frame[32:], "test": frame[32:]}
-    settings = dataclasses.replace(nb["settings"], epochs=6, patience=1, learning_rate=0.05, workers=1)
+    settings = dataclasses.replace(nb["settings"], backbone="cnn", tta=False, epochs=6, patience=1,
+                                   learning_rate=0.05, workers=1)
     model, history = nb["train_fold"](1, parts, settings, tf.distribute.get_strategy(), 8, 0, False)
     kept = int(history["val_loss"].idxmin())
     assert history["kept"].tolist() == [row == kept for row in range(len(history))]
