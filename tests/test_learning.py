@@ -61,13 +61,15 @@ def test_the_network_learns_a_visible_mark_out_of_fold(learnt):
     assert metrics["test"]["per_radiograph"]["cnn"]["roc_auc"] == pytest.approx(auc)
 
 
-def test_auto_trains_hed_s_trunk_on_the_four_views_where_fracatlas_is_among_the_data(learnt):
+def test_the_network_is_the_one_asked_for_and_auto_takes_hed_s_trunk_with_fracatlas_among_the_data(learnt):
     parameters = json.loads((learnt["folder"] / "metrics.json").read_text())["parameters"]
     expected = ("hed", True) if learnt["asked"] == "auto" else ("cnn", False)
     assert (parameters["backbone"], parameters["tta"]) == expected
     contract = json.loads((learnt["folder"] / "model.json").read_text())
     assert contract["backbone"] == {"hed": "hed", "cnn": "sequential cnn"}[parameters["backbone"]]
     assert contract["test_time_augmentation"] is parameters["tta"]
+    external = json.loads((learnt["folder"] / "metrics.json").read_text())["external"]
+    assert external["backbone"] == contract["backbone"] and external["as_trained"]["tta"] is parameters["tta"]
 
 
 def test_both_data_sets_are_read_and_reported_each(learnt):
@@ -128,6 +130,7 @@ def test_the_saved_model_tested_without_retraining_gives_the_same_external_figur
     assert not (again / "history.csv").exists()  # nothing trained
     before = json.loads((learnt["folder"] / "metrics.json").read_text())["external"]
     after = json.loads((again / "metrics.json").read_text())["external"]
+    assert (after["backbone"], after["as_trained"]["tta"]) == (before["backbone"], before["as_trained"]["tta"])
     for part in ("views", "at_threshold", "body_parts"):
         expected, found = numbers(before[part]), numbers(after[part])
         assert found.keys() == expected.keys()

@@ -46,7 +46,7 @@ def test_each_invalid_parameter_is_refused_naming_variable_value_and_what_is_all
     ("SEEDS", "3, 5", [3, 5]), ("SEEDS", "0", [0]), ("VIEWS", "0", 0), ("BALANCE", "class", "class"),
     ("TARGET_SENSITIVITY", "0.9", 0.9), ("SPLIT_FRACTIONS", "0.6,0.2,0.2", [0.6, 0.2, 0.2]), ("FIT", "pad", "pad"),
     ("RUN_ID", "seed-1_v3.2", "seed-1_v3.2"), ("TTA", "AUTO", "auto"), ("TTA", "off", False),
-    ("BACKBONE", "cnn", "cnn"), ("BACKBONE", "auto", "auto"),
+    ("BACKBONE", "cnn", "cnn"), ("BACKBONE", "auto", "auto"), ("BACKBONE", "", "auto"),  # empty: the default
 ])
 def test_documented_values_are_accepted_into_the_settings(name, value, expected):
     namespace, error = settings_outcome({name: value})
