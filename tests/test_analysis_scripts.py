@@ -207,3 +207,30 @@ def test_patches_over_the_views_learn_from_every_view_and_average_their_largest_
     q = patches.over_views(patches.patch_probabilities, [alone, {view: touched["image"] for view in patches.VIEWS}],
                            y, train, test, "boxes")
     assert not np.allclose(p, q)
+
+
+def test_the_learning_curve_s_shares_keep_whole_units_and_nest(monkeypatch):
+    curve = analysis_script("learning_curve", monkeypatch)
+    units = np.repeat(np.arange(40), 3)  # 40 units of three images each
+    kept = curve.nested_shares(units, curve.SHARES, np.random.default_rng(0))
+    assert [len(kept[share]) for share in curve.SHARES] == [5, 10, 20, 40]
+    for smaller, larger in zip(curve.SHARES, curve.SHARES[1:]):
+        assert set(kept[smaller]) <= set(kept[larger])
+
+
+def test_the_learning_curve_learns_more_from_more_radiographs_and_reads_its_line(monkeypatch):
+    curve = analysis_script("learning_curve", monkeypatch)
+    rng = np.random.default_rng(1)
+    count = 400
+    y = (np.arange(count) % 4 == 0).astype(float)  # a quarter fractured
+    features = rng.normal(0, 1, (count, 4, 6)) + 0.6 * y[:, None, None]  # four views, a weak signal in every feature
+    unit, group = np.arange(count) // 2, np.arange(count)
+    part, hardware = np.where(np.arange(count) % 3 == 0, "hand", "leg"), np.zeros(count, bool)
+    figures = curve.learning_curve(features, y, unit, group, part, hardware)
+    trained = [figures[share][0] for share in curve.SHARES]
+    assert trained == sorted(trained) and trained[-1] == pytest.approx(0.8 * count, rel=0.05)
+    assert figures[1.0][1] >= 0.9 and figures[1.0][1] >= figures[0.125][1]
+    line = {share: (2.0 ** k, 0.7 + 0.02 * k, 0.6, 0.5 + 0.01 * k) for k, share in enumerate(curve.SHARES, start=6)}
+    (slope, value), (flat, _), (_, hardware_free) = curve.extrapolated(line, 2.0 ** 12)
+    assert slope == pytest.approx(0.02) and value == pytest.approx(0.7 + 0.24)
+    assert flat == pytest.approx(0.0, abs=1e-12) and hardware_free == pytest.approx(0.62)

@@ -70,6 +70,9 @@ def test_the_network_is_the_one_asked_for_and_auto_takes_hed_s_trunk_with_fracat
     assert contract["test_time_augmentation"] is parameters["tta"]
     external = json.loads((learnt["folder"] / "metrics.json").read_text())["external"]
     assert external["backbone"] == contract["backbone"] and external["as_trained"]["tta"] is parameters["tta"]
+    label = {"hed": "HED trunk", "cnn": "CNN"}[parameters["backbone"]]  # the card names the network that ran
+    card = (learnt["folder"] / "model_card.md").read_text()
+    assert f"- The {label}: ROC-AUC" in card and f"radiographs): the {label} " in card
 
 
 def test_both_data_sets_are_read_and_reported_each(learnt):

