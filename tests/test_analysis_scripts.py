@@ -234,3 +234,38 @@ def test_the_learning_curve_learns_more_from_more_radiographs_and_reads_its_line
     (slope, value), (flat, _), (_, hardware_free) = curve.extrapolated(line, 2.0 ** 12)
     assert slope == pytest.approx(0.02) and value == pytest.approx(0.7 + 0.24)
     assert flat == pytest.approx(0.0, abs=1e-12) and hardware_free == pytest.approx(0.62)
+
+
+def test_the_learning_curve_never_trains_on_the_radiographs_it_scores(monkeypatch):
+    """Each image's features name only itself (one-hot), and the labels are random: a regression that never saw an
+    image gives it the same probability as every other unseen one (ROC-AUC 0.5); one trained on it would rank it."""
+    curve = analysis_script("learning_curve", monkeypatch)
+    count = 120
+    features = np.repeat(np.eye(count)[:, None, :], 4, axis=1)
+    y = np.random.default_rng(2).permutation(np.arange(count) % 2).astype(float)
+    unit = group = np.arange(count)
+    part, hardware = np.full(count, "leg"), np.zeros(count, bool)
+    figures = curve.learning_curve(features, y, unit, group, part, hardware, seeds=(42,), shares=(0.5, 1.0))
+    assert [figures[share][1] for share in (0.5, 1.0)] == pytest.approx([0.5, 0.5], abs=0.02)
+    inside = curve.view_probabilities(features, y, np.arange(count), np.arange(count))  # trained on them: ranked
+    assert roc_auc_score(y, inside) > 0.95
+
+
+def test_the_learning_curve_reads_the_features_the_notebook_cached(monkeypatch, tmp_path):
+    curve, nb = analysis_script("learning_curve", monkeypatch), notebook_namespace(32, tmp_path)
+    cache = tmp_path / "cache" / "32px-key"
+    cache.mkdir(parents=True)
+    rows = []
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32), dtype=np.uint8)).save(cache / f"{i}.png")
+        rows.append({"path": f"/data/IMG{i:07d}.jpg", "cache": str(cache / f"{i}.png"), "note": "", "group": i,
+                     "label": ("fractured", "not_fractured")[i % 2]})
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame(rows).to_csv(run / "index.csv", index=False)
+    trunk, _ = nb["split_at_pooling"](nb["build_model"](32, backbone="hed"))
+    folder = nb["features_folder"](cache, "hed", trunk)
+    cached = nb["trunk_features"](trunk, pd.DataFrame(rows), 4, 1, folder, views=nb["TTA_VIEWS"])
+    images, features = curve.cached_features(run)
+    assert list(images["cache"]) == [row["cache"] for row in rows]
+    assert np.array_equal(features, np.stack([cached[row["cache"]] for row in rows]))

