@@ -264,8 +264,16 @@ def test_the_learning_curve_reads_the_features_the_notebook_cached(monkeypatch, 
     run.mkdir()
     pd.DataFrame(rows).to_csv(run / "index.csv", index=False)
     trunk, _ = nb["split_at_pooling"](nb["build_model"](32, backbone="hed"))
-    folder = nb["features_folder"](cache, "hed", trunk)
-    cached = nb["trunk_features"](trunk, pd.DataFrame(rows), 4, 1, folder, views=nb["TTA_VIEWS"])
-    images, features = curve.cached_features(run)
-    assert list(images["cache"]) == [row["cache"] for row in rows]
-    assert np.array_equal(features, np.stack([cached[row["cache"]] for row in rows]))
+    computed = {}
+    for precision in ("float32", "bfloat16"):  # both kept beside the cache: the run's metrics.json says which it used
+        folder = nb["features_folder"](cache, "hed", trunk, precision)
+        computed[precision] = nb["trunk_features"](trunk, pd.DataFrame(rows), 4, 1, folder, precision, nb["TTA_VIEWS"])
+    stacked = {precision: np.stack([cached[row["cache"]] for row in rows]) for precision, cached in computed.items()}
+    assert not np.array_equal(stacked["float32"], stacked["bfloat16"])  # so the folder read is told apart
+    for precision, expected in stacked.items():
+        (run / "metrics.json").write_text(json.dumps({"parameters": {"feature_precision": precision}}))
+        images, features = curve.cached_features(run)
+        assert list(images["cache"]) == [row["cache"] for row in rows]
+        assert np.array_equal(features, expected)
+    (run / "metrics.json").write_text(json.dumps({"parameters": {}}))  # a run before 3.13: float32
+    assert np.array_equal(curve.cached_features(run)[1], stacked["float32"])

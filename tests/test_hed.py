@@ -77,13 +77,13 @@ def test_the_features_of_an_image_s_views_are_the_trunk_s_output_kept_by_where_i
         Image.fromarray(array).save(tmp_path / f"{k}.png")
     frame = pd.DataFrame({"cache": [str(tmp_path / f"{k}.png") for k in range(3)], "label": ["fractured"] * 3,
                           "group": range(3)})
-    store = nb["features_folder"](tmp_path / "32px-key", "hed", trunk)
+    store = nb["features_folder"](tmp_path / "32px-key", "hed", trunk, "float32")
     assert store.name == "32px-key-hed-block4-features"
     pixels = np.stack(arrays).astype(np.float32)[..., None]
-    plain = nb["trunk_features"](trunk, frame, 2, 1, store)
+    plain = nb["trunk_features"](trunk, frame, 2, 1, store, "float32")
     assert {path: rows.shape for path, rows in plain.items()} == dict.fromkeys(frame["cache"], (1, 512))
     np.save(store / "0.npy", np.full(512, 7.0, np.float32))  # a stand-in: what is kept is read, not computed again
-    every = nb["trunk_features"](trunk, frame, 2, 1, store, nb["TTA_VIEWS"])
+    every = nb["trunk_features"](trunk, frame, 2, 1, store, "float32", nb["TTA_VIEWS"])
     np.testing.assert_array_equal(every[frame["cache"][0]][0], 7.0)
     views = tta_views_of(pixels)
     for k, path in enumerate(frame["cache"]):
@@ -93,7 +93,41 @@ def test_the_features_of_an_image_s_views_are_the_trunk_s_output_kept_by_where_i
                                                              "0-zoomed70.npy", "0.npy"]
     assert len(list(store.glob("*.npy"))) == 12  # each image's four views, once
     with pytest.raises(ValueError, match="are not the first of"):
-        nb["trunk_features"](trunk, frame, 2, 1, store, ("image", "zoomed70"))
+        nb["trunk_features"](trunk, frame, 2, 1, store, "float32", ("image", "zoomed70"))
+
+
+def test_bfloat16_features_are_float32_s_within_rounding_and_kept_apart_from_them(nb, tmp_path):
+    trunk, _ = nb["split_at_pooling"](nb["build_model"](64, backbone="hed"))
+    copy = nb["computing_copy"](trunk, "bfloat16")
+    assert nb["computing_copy"](trunk, "float32") is trunk
+    assert {layer.dtype_policy.name for layer in copy.layers[:-1]} == {"mixed_bfloat16"}
+    assert copy.layers[-1].dtype_policy.name == "float32"  # the global pooling averages in float32
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 64, 64, 1)).astype(np.float32)
+    exact, rounded = np.asarray(trunk(pixels)), np.asarray(copy(pixels))
+    assert rounded.dtype == np.float32 and not np.array_equal(rounded, exact)  # computed in bfloat16 indeed
+    spread = exact.std(axis=0)
+    kept = spread > 0.05 * spread.max()  # features that vary between images (many of the 512 are 0 at 64 px)
+    errors = np.abs(rounded - exact)[:, kept] / spread[kept]
+    assert np.median(errors) < 0.05 and np.quantile(errors, 0.99) < 0.5, (np.median(errors), errors.max())
+    assert nb["features_folder"](tmp_path / "64px-key", "hed", trunk, "bfloat16").name == (
+        "64px-key-hed-block4-bfloat16-features")
+
+
+@pytest.mark.parametrize(("flags", "asked", "gpus", "expected"), [
+    ("fpu avx2 avx512f avx512_bf16 avx512_vnni", "auto", [], "bfloat16"),
+    ("fpu avx2 amx_bf16 amx_tile", "auto", [], "bfloat16"),
+    ("fpu avx2 avx512f avx512_vnni", "auto", [], "float32"),  # AVX-512 without its bfloat16 instructions
+    ("fpu avx2 avx512_bf16", "auto", ["GPU:0"], "float32"),  # a GPU computes float32 fast enough
+    ("fpu avx2", "bfloat16", [], "bfloat16"),  # asked for: emulated, slower
+    ("fpu avx2 avx512_bf16", "float32", [], "float32"),
+    (None, "auto", [], "float32"),  # no /proc/cpuinfo (macOS, Windows)
+])
+def test_auto_computes_features_in_bfloat16_only_where_the_cpu_does_so_natively(nb, tmp_path, flags, asked, gpus,
+                                                                                 expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    if flags is not None:
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert nb["feature_precision"](asked, gpus, nb["native_bfloat16"](cpuinfo)) == expected
 
 
 def test_the_head_scales_features_by_those_of_every_view(nb):
@@ -143,7 +177,8 @@ def hed_run(tmp_path_factory):
                                  "BONE_FRACTURE_PREDICT": str(external / "train" / "fractured"),
                                  "BONE_FRACTURE_BACKBONE": "hed", "BONE_FRACTURE_IMG_SIZE": "32",
                                  "BONE_FRACTURE_TTA": "1", "BONE_FRACTURE_FOLDS": "2", "BONE_FRACTURE_EPOCHS": "2",
-                                 "BONE_FRACTURE_BOOTSTRAP": "100", "BONE_FRACTURE_ANNOTATIONS": "none"}, timeout=900)
+                                 "BONE_FRACTURE_BOOTSTRAP": "100", "BONE_FRACTURE_ANNOTATIONS": "none",
+                                 "BONE_FRACTURE_FEATURE_PRECISION": "float32"}, timeout=900)  # exact, as below
     assert error is None, error
     return {"folder": run_folder(output), "output": output}
 

