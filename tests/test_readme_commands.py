@@ -53,7 +53,8 @@ def test_readme_run_command_ends_a_failed_run_with_the_one_message(tmp_path):
                             text=True, timeout=600)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines[-1] == "DataError: BONE_FRACTURE_EPOCHS='0' is not valid: expected a whole number of at least 1."
+    assert lines[-1] == ("DataError: BONE_FRACTURE_EPOCHS='0' is not valid: expected 'auto', or a whole number of at "
+                         "least 1.")
     assert len(lines) <= 3 and "Traceback" not in result.stderr
     assert not [path for path in output.rglob("*") if path.is_file()]  # nothing written
 

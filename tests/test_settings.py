@@ -43,7 +43,8 @@ def test_each_invalid_parameter_is_refused_naming_variable_value_and_what_is_all
 
 @pytest.mark.parametrize(("name", "value", "expected"), [
     ("DEDUPLICATE", "off", False), ("TTA", "Yes", True), ("EPOCHS", " 3 ", 3), ("FOLDS", "1", 1),
-    ("SEEDS", "3, 5", [3, 5]), ("SEEDS", "0", [0]), ("VIEWS", "0", 0), ("BALANCE", "class", "class"),
+    ("EPOCHS", "Auto", "auto"), ("SEEDS", "3, 5", [3, 5]), ("SEEDS", "0", [0]), ("VIEWS", "0", 0),
+    ("BALANCE", "class", "class"),
     ("TARGET_SENSITIVITY", "0.9", 0.9), ("SPLIT_FRACTIONS", "0.6,0.2,0.2", [0.6, 0.2, 0.2]), ("FIT", "pad", "pad"),
     ("RUN_ID", "seed-1_v3.2", "seed-1_v3.2"), ("TTA", "AUTO", "auto"), ("TTA", "off", False),
     ("BACKBONE", "cnn", "cnn"), ("BACKBONE", "auto", "auto"), ("BACKBONE", "", "auto"),  # empty: the default
@@ -58,7 +59,7 @@ def test_an_unset_variable_takes_the_default_of_the_parameters_cell():
     namespace, error = settings_outcome({"EPOCHS": None, "SPLIT": None, "TARGET_SENSITIVITY": None})
     assert error is None, error
     settings = namespace["settings"]
-    assert (settings.epochs, settings.split, settings.target_sensitivity) == (10, "grouped", 0.95)
+    assert (settings.epochs, settings.split, settings.target_sensitivity) == ("auto", "grouped", 0.95)
 
 
 def test_the_first_seed_is_the_runs_seed():
