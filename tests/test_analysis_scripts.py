@@ -277,3 +277,47 @@ def test_the_learning_curve_reads_the_features_the_notebook_cached(monkeypatch, 
         assert np.array_equal(features, expected)
     (run / "metrics.json").write_text(json.dumps({"parameters": {}}))  # a run before 3.13: float32
     assert np.array_equal(curve.cached_features(run)[1], stacked["float32"])
+
+
+def test_each_training_recipe_keeps_fracatlas_and_the_other_images_it_names(monkeypatch):
+    sources = analysis_script("training_sources", monkeypatch)
+    fracatlas = np.array([True, True, False, False, False, False])
+    plain = np.array([True, False, True, False, True, False])
+    fractured = np.array([True, False, True, True, False, False])
+    kept = {recipe: sources.kept_for(recipe, fracatlas, plain, fractured).tolist() for recipe in sources.RECIPES}
+    assert kept == {"FracAtlas only": [True, True, False, False, False, False],
+                    "every data set": [True] * 6,
+                    "FracAtlas and plain radiographs": [True, True, True, False, True, False],
+                    "FracAtlas and not fractured": [True, True, False, False, True, True]}
+
+
+def test_a_data_set_whose_classes_differ_in_kind_misleads_a_head_trained_on_it(monkeypatch):
+    """Made-up features: FracAtlas's fractured images are higher in feature 0; the other set's fractured images are
+    lower there (another kind of picture). Trained on FracAtlas alone the regression ranks FracAtlas's fractures;
+    trained on every image it learns the other set's direction too, and ranks them worse."""
+    sources = analysis_script("training_sources", monkeypatch)
+    rng = np.random.default_rng(3)
+    count = 400
+    fracatlas = np.arange(count) < count // 2
+    y = (np.arange(count) % 3 == 0).astype(float)
+    sign = np.where(fracatlas, 1.0, -3.0)
+    features = rng.normal(0, 1, (count, 4, 5))
+    features[:, :, 0] += (sign * y)[:, None]
+    unit = np.arange(count)
+    auc = {}
+    for recipe in ("FracAtlas only", "every data set"):
+        kept = sources.kept_for(recipe, fracatlas, np.ones(count, bool), y == 1)
+        p = sources.recipe_probabilities(features, y, unit, kept, seeds=(42,))[0]
+        auc[recipe] = roc_auc_score(y[fracatlas], p[fracatlas])
+    assert auc["FracAtlas only"] > 0.8 and auc["every data set"] < auc["FracAtlas only"] - 0.1
+
+
+def test_the_run_s_own_head_and_plain_marks_are_read_per_radiograph(monkeypatch, tmp_path):
+    sources = analysis_script("training_sources", monkeypatch)
+    pd.DataFrame({"seed": [42, 1, 42, 1], "group": [0, 0, 1, 1], "p_fractured": [0.2, 0.4, 0.9, 0.7]}).to_csv(
+        tmp_path / "seed_predictions.csv", index=False)
+    pd.DataFrame({"group": [0, 1, 2], "modality": ["xray", "xray", "ct"], "marks": ["hardware", "arrow+text", ""]}
+                 ).to_csv(tmp_path / "radiographs.csv", index=False)
+    group = np.array([1, 0, 0, 2])
+    assert sources.run_head_probabilities(tmp_path, group)[:3] == pytest.approx([0.8, 0.3, 0.3])
+    assert sources.plain_images(tmp_path, group).tolist() == [False, True, True, False]
