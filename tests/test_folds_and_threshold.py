@@ -109,7 +109,7 @@ def weighted_frame():
             + [("knee", "fractured", 2), ("knee", "fractured", 1), ("knee", "not_fractured", 1)]
             + [("spine", "fractured", 3), ("spine", "fractured", 1)]
             + [(None, "fractured", 1), (None, "not_fractured", 2), (None, "not_fractured", 1)]):
-        rows += [{"group": group, "label": label, "body_part": part}] * copies
+        rows += [{"group": group, "label": label, "body_part": part, "dataset": "kaggle"}] * copies
     return pd.DataFrame(rows)
 
 
@@ -142,6 +142,25 @@ def test_class_balance_weighs_the_classes_alike_overall_and_every_radiograph_cou
     per_class = radiographs.groupby("label")["weight"].sum()
     assert per_class["fractured"] == pytest.approx(per_class["not_fractured"], rel=1e-5)
     assert radiographs.groupby("label")["weight"].nunique().tolist() == [1, 1]
+
+
+def test_the_classes_weigh_the_same_inside_each_data_set_which_keeps_its_share(nb):
+    """A set mostly fractured and a set mostly not: weighed over both, the set would say the class; weighed inside
+    each, it says nothing, and each set weighs as many radiographs as it holds."""
+    rows = [{"group": g, "label": "fractured" if g % 4 == 0 else "not_fractured", "dataset": "clinical"}
+            for g in range(40)]
+    rows += [{"group": 40 + g, "label": "not_fractured" if g % 5 == 0 else "fractured", "dataset": "web"}
+             for g in range(20)]
+    frame = pd.DataFrame(rows).assign(body_part=None)
+    radiographs = per_radiograph_weight(frame, nb["balanced_weights"](frame, "class", "radiograph"))
+    assert radiographs["weight"].mean() == pytest.approx(1)
+    per_set = radiographs.groupby(["dataset", "label"])["weight"].sum().unstack()
+    assert per_set["fractured"].to_numpy() == pytest.approx(per_set["not_fractured"].to_numpy(), rel=1e-5)
+    assert per_set.sum(axis=1).to_dict() == pytest.approx({"clinical": 40, "web": 20}, rel=1e-5)
+    one_set = frame.assign(dataset="pooled")  # the same radiographs as one data set: the classes over all
+    pooled = per_radiograph_weight(one_set, nb["balanced_weights"](one_set, "class", "radiograph"))
+    assert pooled.groupby("label")["weight"].sum().nunique() == 1
+    assert not np.allclose(pooled["weight"], radiographs["weight"])
 
 
 def test_body_part_balance_falls_back_to_the_classes_when_no_body_part_holds_both(nb):

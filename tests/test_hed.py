@@ -151,7 +151,7 @@ def test_a_frozen_trunk_s_head_trains_every_epoch_and_keeps_its_last_weights(nb)
 
     rng = np.random.default_rng(4)
     frame = pd.DataFrame({"cache": [f"{i}.png" for i in range(60)], "label": ["fractured", "not_fractured"] * 30,
-                          "group": range(60)})
+                          "group": range(60), "dataset": "made-up"})
     features = {path: rng.normal(size=(1, 512)).astype(np.float32) for path in frame["cache"]}
     parts = {"train": frame[:40], "val": frame[40:], "test": frame[40:]}
     settings = dataclasses.replace(nb["settings"], backbone="hed", tta=False, epochs=5, patience=1, learning_rate=0.05)

@@ -181,7 +181,8 @@ def test_the_cnn_is_returned_with_the_weights_of_the_epoch_its_history_marks_as_
 
     rng = np.random.default_rng(8)
     paths = [write_image(tmp_path / f"n{i}.png", rng.integers(0, 255, (64, 64), dtype=np.uint8)) for i in range(48)]
-    frame = pd.DataFrame({"cache": paths, "label": ["fractured", "not_fractured"] * 24, "group": range(48)})
+    frame = pd.DataFrame({"cache": paths, "label": ["fractured", "not_fractured"] * 24, "group": range(48),
+                          "dataset": "made-up"})
     parts = {"train": frame[:32], "val": frame[32:], "test": frame[32:]}
     settings = dataclasses.replace(nb["settings"], backbone="cnn", tta=False, epochs=6, patience=1,
                                    learning_rate=0.05, workers=1)
@@ -203,7 +204,7 @@ def test_the_validation_loss_from_one_prediction_equals_keras_own_validation_pas
     rng = np.random.default_rng(6)
     paths = [write_image(tmp_path / f"v{i}.png", rng.integers(0, 255, (64, 64), dtype=np.uint8)) for i in range(7)]
     frame = pd.DataFrame({"cache": paths, "label": ["fractured", "not_fractured"] * 3 + ["fractured"],
-                          "group": [0, 1, 1, 2, 3, 3, 3]})
+                          "group": [0, 1, 1, 2, 3, 3, 3], "dataset": "made-up"})
     weights = nb["validation_weights"](frame, "class", "radiograph")
     keras.utils.set_random_seed(5)
     model = nb["compiled"](nb["build_model"](64), 1, 2, 1e-3)
