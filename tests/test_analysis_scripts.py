@@ -321,3 +321,32 @@ def test_the_run_s_own_head_and_plain_marks_are_read_per_radiograph(monkeypatch,
     group = np.array([1, 0, 0, 2])
     assert sources.run_head_probabilities(tmp_path, group)[:3] == pytest.approx([0.8, 0.3, 0.3])
     assert sources.plain_images(tmp_path, group).tolist() == [False, True, True, False]
+
+
+def test_the_run_s_fold_heads_train_on_four_fifths_less_a_validation_quarter_of_whole_units(monkeypatch):
+    refit = analysis_script("refit_heads", monkeypatch)
+    count = 200
+    y = (np.arange(count) % 4 == 0).astype(float)
+    unit = np.arange(count) // 2  # two images a unit
+    rows = np.arange(10, count)  # the run's training data: all but the first 10 images
+    folds = refit.fold_training_rows(y, unit, rows)
+    assert len(folds) == 5
+    for part, whole in folds:
+        assert set(part) < set(whole) <= set(rows)
+        assert len(whole) == pytest.approx(0.8 * len(rows), rel=0.1)
+        assert len(part) == pytest.approx(0.75 * len(whole), rel=0.1)
+        left_out = np.setdiff1d(whole, part)
+        assert not set(unit[left_out]) & set(unit[part])  # a unit is wholly in the quarter or wholly out of it
+
+
+def test_the_shipped_heads_never_train_on_the_radiographs_held_back(monkeypatch):
+    """Each image's features name only itself (one-hot), and the labels are random: a head that never saw an image
+    gives it the same probability as every other unseen one (ROC-AUC 0.5), whichever way the model is made."""
+    refit = analysis_script("refit_heads", monkeypatch)
+    count = 100
+    features = np.repeat(np.eye(count)[:, None, :], 4, axis=1)
+    y = np.random.default_rng(5).permutation(np.arange(count) % 2).astype(float)
+    probabilities = refit.held_out_probabilities(features, y, np.arange(count))
+    assert set(probabilities) == set(refit.WAYS)
+    for way, p in probabilities.items():
+        assert roc_auc_score(y, p) == pytest.approx(0.5, abs=0.02), way
