@@ -25,6 +25,7 @@ import numpy as np
 from hed_heads import described, scores
 from learning_curve import cached_features, view_probabilities
 from sklearn.model_selection import StratifiedGroupKFold
+from training_sources import FRACATLAS
 
 OUTER_SEED, RUN_SEED = 123, 42
 WAYS = ("fold heads, as shipped", "fold heads, no validation", "refitted on all")
@@ -63,7 +64,7 @@ def held_out_probabilities(features, y, unit, seed=OUTER_SEED):
 def main(run, fracatlas_folder):
     """Print each way's figures on the held-out FracAtlas radiographs, pooled over the outer folds."""
     images, features = cached_features(run)
-    fracatlas = images["dataset"].eq("FracAtlas").to_numpy()
+    fracatlas = images["dataset"].eq(FRACATLAS).to_numpy()
     images, features = images[fracatlas].reset_index(drop=True), features[fracatlas]
     _, y, unit, group, part, hardware = described(images, run, fracatlas_folder)
     for way, p in held_out_probabilities(features, y, unit).items():
