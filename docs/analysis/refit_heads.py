@@ -1,5 +1,5 @@
 """Would the shipped model score radiographs from elsewhere better as a head refitted on every training radiograph
-than as the average of the fold heads (as 3.14 shipped it)? A simulation on the FracAtlas features a run cached.
+than as the average of the fold heads it ships today? A simulation on the FracAtlas features a notebook run cached.
 
     python docs/analysis/refit_heads.py RUN_FOLDER FRACATLAS_FOLDER
 
