@@ -170,15 +170,6 @@ def test_a_further_seeds_fold_is_summed_up_in_one_line_naming_the_epoch_kept(nb)
                                             "per image)")
     last = history.assign(kept=[False, False, True])  # a frozen trunk's head keeps its last epoch
     assert nb["fold_line"](2, last).endswith("kept epoch 3 (val loss 0.650, val ROC-AUC 0.700 per image)")
-    unwatched = last.drop(columns=["val_loss", "val_roc_auc"]).assign(fold=0)  # the head shipped: every radiograph
-    assert nb["fold_line"](0, unwatched) == "every radiograph: 3 epochs in 30 s, kept epoch 3"
-
-
-def test_an_epoch_s_line_gives_its_validation_figures_where_a_validation_part_is_watched(nb):
-    logs = {"loss": 0.61234, "val_loss": 0.5, "val_roc_auc": 0.75, "seconds": 9.6}
-    assert nb["epoch_line"](2, 3, 10, logs) == ("fold 2, epoch 3/10: loss 0.612, val loss 0.500, val ROC-AUC 0.750 "
-                                                 "(per image), 10 s")
-    assert nb["epoch_line"](0, 3, 10, {"loss": 0.61234, "seconds": 9.6}) == "fold 0, epoch 3/10: loss 0.612, 10 s"
 
 
 def test_the_cnn_is_returned_with_the_weights_of_the_epoch_its_history_marks_as_kept(nb, tmp_path):
