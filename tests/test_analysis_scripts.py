@@ -350,3 +350,35 @@ def test_the_shipped_heads_never_train_on_the_radiographs_held_back(monkeypatch)
     assert set(probabilities) == set(refit.WAYS)
     for way, p in probabilities.items():
         assert roc_auc_score(y, p) == pytest.approx(0.5, abs=0.02), way
+
+
+def test_the_held_back_split_keeps_id_blocks_whole_copies_each_image_once_and_changes_nothing(monkeypatch, tmp_path):
+    split = analysis_script("held_back_split", monkeypatch)
+    source = tmp_path / "FracAtlas"
+    ids = [f"IMG{n:07d}.jpg" for n in range(0, 400, 4)]  # 100 images, 5 to a block of 20 ids
+    table = pd.DataFrame({"image_id": ids, "hand": 1, "fractured": [int(n % 3 == 0) for n in range(100)]})
+    for image_id, fractured in zip(ids, table["fractured"]):
+        folder = source / "images" / ("Fractured" if fractured else "Non_fractured")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / image_id).write_bytes(image_id.encode())
+    table.to_csv(source / "dataset.csv", index=False)
+    write_outlines(source, {image_id: (10, 10, [(1, 1, 2, 2)]) for image_id in ids[::3]})
+    before = {path: path.read_bytes() for path in source.rglob("*") if path.is_file()}
+    split.main(source, tmp_path / "out")
+    parts = {name: pd.read_csv(tmp_path / "out" / name / "FracAtlas" / "dataset.csv") for name in ("train", "held")}
+    assert sorted(parts["train"]["image_id"].tolist() + parts["held"]["image_id"].tolist()) == ids
+    blocks = {name: set(part["image_id"].str[3:10].astype(int) // 20) for name, part in parts.items()}
+    assert len(blocks["held"]) == 4 and not blocks["held"] & blocks["train"]  # a fifth of 20 blocks, none split
+    assert parts["held"]["fractured"].nunique() == 2
+    for name, part in parts.items():
+        root = tmp_path / "out" / name / "FracAtlas"
+        copied = sorted(path.name for path in (root / "images").rglob("*.jpg"))
+        assert copied == sorted(part["image_id"])
+        assert all((root / "images" / ("Fractured" if f else "Non_fractured") / i).read_bytes() == i.encode()
+                   for i, f in zip(part["image_id"], part["fractured"]))
+        coco = json.loads((root / split.OUTLINES).read_text())
+        assert {image["file_name"] for image in coco["images"]} == set(part["image_id"]) & set(ids[::3])
+        assert len(coco["annotations"]) == len(coco["images"])
+    assert {path: path.read_bytes() for path in source.rglob("*") if path.is_file()} == before
+    with pytest.raises(SystemExit, match="exists"):
+        split.main(source, tmp_path / "out")
