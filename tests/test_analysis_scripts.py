@@ -382,3 +382,28 @@ def test_the_held_back_split_keeps_id_blocks_whole_copies_each_image_once_and_ch
     assert {path: path.read_bytes() for path in source.rglob("*") if path.is_file()} == before
     with pytest.raises(SystemExit, match="exists"):
         split.main(source, tmp_path / "out")
+
+
+def test_the_held_back_images_features_regions_and_paired_difference_are_read_as_named(monkeypatch, tmp_path):
+    heads = analysis_script("held_back_heads", monkeypatch)
+    store = tmp_path / "features"
+    store.mkdir()
+    for stem, value in (("aaa", 1.0), ("bbb", 2.0)):
+        for k, ending in enumerate(("", "-mirror", "-zoomed70", "-zoomed70-mirror")):
+            np.save(store / f"{stem}{ending}.npy", np.full(3, value + k / 10, np.float32))
+    index = pd.DataFrame({"path": ["/x/IMG0000001.jpg", "/x/IMG0000002.jpg", "/k/IMG0000001.jpg"],  # a Kaggle copy
+                          "dataset": ["FracAtlas", "FracAtlas", "Kaggle"],
+                          "cache": ["/c/aaa.png", "/c/bbb.png", "/c/z.png"]})
+    features = heads.held_features(["/held/IMG0000002.jpg", "/held/IMG0000001.jpg"], index, store)
+    assert features.shape == (2, 4, 3)
+    np.testing.assert_allclose(features[:, :, 0], [[2.0, 2.1, 2.2, 2.3], [1.0, 1.1, 1.2, 1.3]])
+    table = pd.DataFrame({"image_id": ["IMG0000001.jpg", "IMG0000002.jpg", "IMG0000003.jpg"], "hand": [0, 1, 0],
+                          "leg": [1, 1, 0], "hip": 0, "shoulder": 0, "mixed": 0, "hardware": [0, 1, 0]})
+    region, hardware = heads.region_and_hardware(["/h/IMG0000003.jpg", "/h/IMG0000002.jpg", "/h/IMG0000001.jpg"],
+                                                 table)
+    assert region.tolist() == ["none", "hand", "leg"] and hardware.tolist() == [0, 1, 0]
+    y = np.array([1, 0] * 20)
+    group = np.arange(40)  # each image a radiograph
+    better, worse = y + np.linspace(0, 0.5, 40), np.random.default_rng(0).random(40)
+    difference, (low, high) = heads.paired_difference(y, group, worse, better)
+    assert difference == pytest.approx(1.0 - roc_auc_score(y, worse)) and low <= difference <= high and low > 0

@@ -33,18 +33,23 @@ ENDINGS = ("", "-mirror", "-zoomed70", "-zoomed70-mirror")  # view_patches' VIEW
 FRACATLAS_IMAGES = 4083  # the published set (Abedeen et al., 2023)
 
 
-def cached_features(run):
-    """The run's usable images (index.csv rows without a note, each cached image once) and their features: an array
-    images x views x features, read from the block-4 features folder the notebook keeps beside its image cache, named
-    by the arithmetic the run computed them in (metrics.json's `feature_precision`; float32 before 3.13)."""
-    index = pd.read_csv(run / "index.csv", keep_default_na=False)
-    images = index[index["note"] == ""].drop_duplicates("cache").reset_index(drop=True)
-    cache = Path(images["cache"].iloc[0]).parent
+def features_store(run, cache):
+    """The block-4 features folder the notebook keeps beside its image cache folder `cache`, named by the arithmetic
+    the `run` computed them in (metrics.json's `feature_precision`; float32 before 3.13)."""
     precision = json.loads((run / "metrics.json").read_text())["parameters"].get("feature_precision", "float32")
     arithmetic = "" if precision == "float32" else f"-{precision}"
     folder = cache.parent / f"{cache.name}-hed-block4{arithmetic}-features"
     if not folder.is_dir():
         sys.exit(f"{folder} is missing: RUN_FOLDER must be a run that trained HED's trunk (block 4) with TTA")
+    return folder
+
+
+def cached_features(run):
+    """The run's usable images (index.csv rows without a note, each cached image once) and their features: an array
+    images x views x features, read from its features_store."""
+    index = pd.read_csv(run / "index.csv", keep_default_na=False)
+    images = index[index["note"] == ""].drop_duplicates("cache").reset_index(drop=True)
+    folder = features_store(run, Path(images["cache"].iloc[0]).parent)
     features = np.stack([np.stack([np.load(folder / f"{Path(path).stem}{view}.npy") for view in ENDINGS])
                          for path in images["cache"]])
     return images, features
