@@ -397,11 +397,17 @@ def test_the_held_back_images_features_regions_and_paired_difference_are_read_as
     features = heads.held_features(["/held/IMG0000002.jpg", "/held/IMG0000001.jpg"], index, store)
     assert features.shape == (2, 4, 3)
     np.testing.assert_allclose(features[:, :, 0], [[2.0, 2.1, 2.2, 2.3], [1.0, 1.1, 1.2, 1.3]])
-    table = pd.DataFrame({"image_id": ["IMG0000001.jpg", "IMG0000002.jpg", "IMG0000003.jpg"], "hand": [0, 1, 0],
-                          "leg": [1, 1, 0], "hip": 0, "shoulder": 0, "mixed": 0, "hardware": [0, 1, 0]})
-    region, hardware = heads.region_and_hardware(["/h/IMG0000003.jpg", "/h/IMG0000002.jpg", "/h/IMG0000001.jpg"],
-                                                 table)
-    assert region.tolist() == ["none", "hand", "leg"] and hardware.tolist() == [0, 1, 0]
+    held = tmp_path / "held"
+    held.mkdir()
+    pd.DataFrame({"image_id": ["IMG0000001.jpg", "IMG0000002.jpg", "IMG0000003.jpg"], "hand": [0, 1, 0],
+                  "leg": [1, 1, 0], "hip": 0, "shoulder": 0, "mixed": 0, "hardware": [0, 1, 0]}).to_csv(
+        held / "dataset.csv", index=False)
+    pd.DataFrame({"path": ["/train/IMG0000009.jpg"], "fold_group": [0]}).to_csv(tmp_path / "folds.csv", index=False)
+    external = pd.DataFrame({"path": ["/h/IMG0000003.jpg", "/h/IMG0000002.jpg", "/h/IMG0000001.jpg"],
+                             "label": ["not_fractured", "fractured", "fractured"], "group": [7, 8, 9]})
+    _, y, _, group, region, hardware = heads.described(external, tmp_path, held)  # as main reads the held-back part
+    assert y.tolist() == [0, 1, 1] and group.tolist() == [7, 8, 9]
+    assert region.tolist() == ["mixed", "mixed", "leg"] and hardware.tolist() == [False, True, False]
     y = np.array([1, 0] * 20)
     group = np.arange(40)  # each image a radiograph
     better, worse = y + np.linspace(0, 0.5, 40), np.random.default_rng(0).random(40)

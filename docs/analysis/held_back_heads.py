@@ -7,7 +7,7 @@ RUN_FOLDER: that run (HED's trunk on the four views): its index.csv and cached f
 them) and its external_predictions.csv. CACHED_INDEX: the index.csv of a run whose data held the held-back images (a
 run on the whole FracAtlas folder), whose `cache` column names each image's cached copy, and so its features: the
 external test keeps their features in the same folder but lists them nowhere. HELD_FRACATLAS_FOLDER: the held-back
-part, whose dataset.csv gives each image's region and hardware.
+part, whose dataset.csv gives each image's region and hardware (hed_heads' `described`).
 
 hed_heads' logistic regression (C=0.01) is fitted on every view of the run's usable FracAtlas images and scores the
 held-back ones, averaged over their views (learning_curve's view_probabilities). Printed for the shipped model, the
@@ -20,12 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hed_heads import scores
-from learning_curve import ENDINGS, cached_features, features_store, view_probabilities
+from hed_heads import described, scores
+from learning_curve import features_of, features_store, view_probabilities
 from sklearn.metrics import roc_auc_score
-from training_sources import FRACATLAS
-
-REGIONS = ["hand", "leg", "hip", "shoulder", "mixed"]  # dataset.csv's region columns
+from training_sources import FRACATLAS, fracatlas_features
 
 
 def held_features(paths, cached_index, store):
@@ -34,17 +32,7 @@ def held_features(paths, cached_index, store):
     fracatlas = cached_index[cached_index["dataset"] == FRACATLAS]
     names = fracatlas["path"].map(lambda path: Path(path).name)
     stem = dict(zip(names, fracatlas["cache"].map(lambda path: Path(path).stem)))
-    return np.stack([np.stack([np.load(store / f"{stem[Path(path).name]}{ending}.npy") for ending in ENDINGS])
-                     for path in paths])
-
-
-def region_and_hardware(paths, table):
-    """Each image's region (the first of REGIONS its dataset.csv row marks, else "none") and hardware mark, from
-    `table` (dataset.csv) by file name."""
-    rows = table.set_index("image_id").loc[[Path(path).name for path in paths]]
-    marked = rows[REGIONS].astype(bool)
-    region = np.where(marked.any(axis=1), marked.idxmax(axis=1), "none")
-    return region, rows["hardware"].to_numpy()
+    return features_of(store, [stem[Path(path).name] for path in paths])
 
 
 def paired_difference(y, group, p, q, resamples=1000, seed=0):
@@ -61,24 +49,21 @@ def paired_difference(y, group, p, q, resamples=1000, seed=0):
 
 def main(run, cached_index, held_folder):
     """Print the shipped model's, the regression's and their mean's figures on the held-back radiographs."""
-    images, features = cached_features(run)
-    fracatlas = images["dataset"].eq(FRACATLAS).to_numpy()
-    images, features = images[fracatlas].reset_index(drop=True), features[fracatlas]
+    images, features = fracatlas_features(run)
     external = pd.read_csv(run / "external_predictions.csv")
     external = external[~external["copy_of_training"].astype(str).str.lower().eq("true")].reset_index(drop=True)
     store = features_store(run, Path(images["cache"].iloc[0]).parent)
     held = held_features(external["path"], pd.read_csv(cached_index), store)
     y = images["label"].eq("fractured").to_numpy(int)
-    y_held = external["label"].eq("fractured").to_numpy(int)
+    _, y_held, _, group, region, hardware = described(external, run, held_folder)
     everything, labels = np.concatenate([features, held]), np.concatenate([y, y_held])
     p_lr = view_probabilities(everything, labels, np.arange(len(y)), np.arange(len(y), len(labels)))
-    region, hardware = region_and_hardware(external["path"], pd.read_csv(held_folder / "dataset.csv"))
     shipped = external["p_fractured"].to_numpy()
     for name, p in (("shipped model", shipped), ("regression on FracAtlas alone", p_lr),
                     ("their mean", (shipped + p_lr) / 2)):
         print(f"{name}: all {{:.3f}}, inside region {{:.3f}}, without hardware {{:.3f}}".format(
-            *scores(p, y_held, external["group"], region, hardware)))
-    difference, (low, high) = paired_difference(y_held, external["group"], shipped, p_lr)
+            *scores(p, y_held, group, region, hardware)))
+    difference, (low, high) = paired_difference(y_held, group, shipped, p_lr)
     print(f"regression less shipped model, all: {difference:+.3f} ({low:+.3f} to {high:+.3f})")
 
 

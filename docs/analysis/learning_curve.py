@@ -50,9 +50,12 @@ def cached_features(run):
     index = pd.read_csv(run / "index.csv", keep_default_na=False)
     images = index[index["note"] == ""].drop_duplicates("cache").reset_index(drop=True)
     folder = features_store(run, Path(images["cache"].iloc[0]).parent)
-    features = np.stack([np.stack([np.load(folder / f"{Path(path).stem}{view}.npy") for view in ENDINGS])
-                         for path in images["cache"]])
-    return images, features
+    return images, features_of(folder, [Path(path).stem for path in images["cache"]])
+
+
+def features_of(folder, stems):
+    """The features kept in `folder` of the cached images named `stems`: images x views (ENDINGS) x features."""
+    return np.stack([np.stack([np.load(folder / f"{stem}{ending}.npy") for ending in ENDINGS]) for stem in stems])
 
 
 def nested_shares(units, shares, rng):

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 from hed_heads import described, scores
-from learning_curve import cached_features, view_probabilities
+from learning_curve import view_probabilities
 from sklearn.model_selection import StratifiedGroupKFold
-from training_sources import FRACATLAS
+from training_sources import fracatlas_features
 
 OUTER_SEED, RUN_SEED = 123, 42
 WAYS = ("fold heads, as shipped", "fold heads, no validation", "refitted on all")
@@ -63,9 +63,7 @@ def held_out_probabilities(features, y, unit, seed=OUTER_SEED):
 
 def main(run, fracatlas_folder):
     """Print each way's figures on the held-out FracAtlas radiographs, pooled over the outer folds."""
-    images, features = cached_features(run)
-    fracatlas = images["dataset"].eq(FRACATLAS).to_numpy()
-    images, features = images[fracatlas].reset_index(drop=True), features[fracatlas]
+    images, features = fracatlas_features(run)
     _, y, unit, group, part, hardware = described(images, run, fracatlas_folder)
     for way, p in held_out_probabilities(features, y, unit).items():
         print(f"{way}: all {{:.3f}}, inside region {{:.3f}}, without hardware {{:.3f}}".format(

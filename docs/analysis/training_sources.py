@@ -71,6 +71,14 @@ def plain_images(run, group):
     return pd.Series(group).map(plain).fillna(False).to_numpy(bool)
 
 
+def fracatlas_features(run):
+    """The run's usable FracAtlas images and their cached features (learning_curve's cached_features, the other data
+    sets' images left out)."""
+    images, features = cached_features(run)
+    fracatlas = images["dataset"].eq(FRACATLAS).to_numpy()
+    return images[fracatlas].reset_index(drop=True), features[fracatlas]
+
+
 def main(run, fracatlas_folder):
     """Print each recipe's figures on FracAtlas's radiographs, the run's own head's, and the mean of the two."""
     images, features = cached_features(run)
