@@ -3,8 +3,9 @@
 pytest collects the notebook first (see ``testpaths`` in pyproject.toml): nbval starts a kernel that
 inherits this process's environment, so the ``BONE_FRACTURE_*`` variables set in ``pytest_configure``
 make it run on the fixture, quickly. The tests in this folder then check what that run wrote. In a process
-that did not run the notebook's cells (``pytest tests/``, or the second of the two processes pytest-xdist starts),
-the ``notebook_run`` fixture executes the notebook itself, with the same settings.
+that did not run the notebook's cells (``pytest tests/``), the ``notebook_run`` fixture executes the notebook itself,
+with the same settings; with pytest-xdist, every test that reads that run is dealt to the process that runs the
+notebook's cells (``pytest_collection_modifyitems``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,22 @@ RUN_ENV = {
 def pytest_configure(config):
     """Point every notebook run of this session at the fixture (nbval's kernel inherits os.environ)."""
     os.environ.update(RUN_ENV)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """Deal the tests to pytest-xdist's processes in groups (`--dist loadgroup`): every test that reads the default
+    run joins the notebook's cells, so that the process nbval runs the notebook in makes that run once, for all of
+    them; a test with a group of its own (test_learning's networks) keeps it; every other test goes with its module,
+    whose module-scoped runs are then made once."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        if item.path.suffix == ".ipynb" or "notebook_run" in getattr(item, "fixturenames", ()):
+            group = "the default run"
+        else:
+            group = item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_unconfigure(config):
