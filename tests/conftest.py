@@ -4,8 +4,8 @@ pytest collects the notebook first (see ``testpaths`` in pyproject.toml): nbval 
 inherits this process's environment, so the ``BONE_FRACTURE_*`` variables set in ``pytest_configure``
 make it run on the fixture, quickly. The tests in this folder then check what that run wrote. In a process
 that did not run the notebook's cells (``pytest tests/``), the ``notebook_run`` fixture executes the notebook itself,
-with the same settings; with pytest-xdist, every test that reads that run is dealt to the process that runs the
-notebook's cells (``pytest_collection_modifyitems``).
+with the same settings; with pytest-xdist, the tests that read that run are dealt to the process that runs the
+notebook's cells (``pytest_xdist_make_scheduler``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ FIXTURE_BEFORE = snapshot(FIXTURE.folder)
 ANNOTATIONS = write_annotations(FIXTURE, WORK / "annotations.csv")  # body parts, an exclusion, an unmatched row
 OUTPUT = WORK / "output"
 RUN_ID = "fixture-run"  # the default run's folder in OUTPUT, named so that the tests find it
+# The modules whose tests read the default run (the `notebook_run` fixture), dealt to the process that runs the
+# notebook's cells, and those whose runs differ by the parameter of their tests (pytest_xdist_make_scheduler).
+DEFAULT_RUN_READERS = {"test_annotations.py", "test_audit.py", "test_inputs.py", "test_other_layouts_and_splits.py",
+                       "test_rerun.py", "test_run_outputs.py"}
+PARALLEL_PARAMETERS = {"test_learning.py"}
 
 # Small and fast: 2 folds, 2 epochs at 64x64 px.
 RUN_ENV = {
@@ -54,20 +59,32 @@ def pytest_configure(config):
     os.environ.update(RUN_ENV)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduler (`-n 2`): whole modules to each process, as `--dist loadscope` deals them, but with
+    the notebook's cells and the modules that read their run (DEFAULT_RUN_READERS) dealt as one, so that the process
+    nbval runs the notebook in makes that run once, for all of them; and a module of PARALLEL_PARAMETERS dealt by the
+    parameter of its tests, so that its runs go to both processes."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class DefaultRunScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module, _, test = nodeid.partition("::")
+            if module.endswith(".ipynb") or Path(module).name in DEFAULT_RUN_READERS:
+                return "the default run"
+            if Path(module).name in PARALLEL_PARAMETERS and test.endswith("]"):
+                return f"{module}[{test.rsplit('[', 1)[1]}"
+            return module
+
+    return DefaultRunScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items):
-    """Deal the tests to pytest-xdist's processes in groups (`--dist loadgroup`): every test that reads the default
-    run joins the notebook's cells, so that the process nbval runs the notebook in makes that run once, for all of
-    them; a test with a group of its own (test_learning's networks) keeps it; every other test goes with its module,
-    whose module-scoped runs are then made once."""
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        if item.path.suffix == ".ipynb" or "notebook_run" in getattr(item, "fixturenames", ()):
-            group = "the default run"
-        else:
-            group = item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
+    """Stop at once if a test reads the default run from a module pytest-xdist would deal apart from the notebook's
+    cells (pytest_xdist_make_scheduler): that process would make the run a second time."""
+    strays = sorted({item.path.name for item in items if "notebook_run" in getattr(item, "fixturenames", ())}
+                    - DEFAULT_RUN_READERS)
+    if strays:
+        raise pytest.UsageError(f"{', '.join(strays)} read the default run: add them to DEFAULT_RUN_READERS")
 
 
 def pytest_unconfigure(config):

@@ -26,8 +26,7 @@ LEARNING_RUN = {"BONE_FRACTURE_FOLDS": "3", "BONE_FRACTURE_EPOCHS": "8", "BONE_F
                 "BONE_FRACTURE_ANNOTATIONS": "none"}
 
 
-@pytest.fixture(scope="module", params=[pytest.param(network, marks=pytest.mark.xdist_group(f"learning, {network}"))
-                                        for network in ("cnn", "auto")])  # the two runs in parallel
+@pytest.fixture(scope="module", params=["cnn", "auto"])
 def learnt(request, tmp_path_factory):
     """The run folder of the notebook trained on two learnable data sets and tested on a third: once with the CNN
     from scratch, once with BACKBONE and TTA left to "auto", which with FracAtlas among the data train HED's trunk
