@@ -413,3 +413,36 @@ def test_the_held_back_images_features_regions_and_paired_difference_are_read_as
     better, worse = y + np.linspace(0, 0.5, 40), np.random.default_rng(0).random(40)
     difference, (low, high) = heads.paired_difference(y, group, worse, better)
     assert difference == pytest.approx(1.0 - roc_auc_score(y, worse)) and low <= difference <= high and low > 0
+
+
+def test_the_classes_weigh_the_same_inside_each_region_and_each_region_keeps_its_share(monkeypatch):
+    weights = analysis_script("region_weights", monkeypatch)
+    y = np.array([1, 0, 0, 0, 1, 1, 0, 0, 0, 0])
+    part = np.array(["hand"] * 4 + ["leg"] * 3 + ["hip"] * 3)  # the hips hold one class
+    weight = weights.class_weights(y, part)
+    assert weight.mean() == pytest.approx(1)
+    for region, share in (("hand", 4), ("leg", 3)):
+        inside = part == region
+        assert weight[inside & (y == 1)].sum() == pytest.approx(weight[inside & (y == 0)].sum())
+        assert weight[inside].sum() / weight.sum() == pytest.approx(share / 10)
+    assert weight[part == "hip"] == pytest.approx(np.full(3, weight[part == "hip"][0]))
+    assert weight[part == "hip"].sum() / weight.sum() == pytest.approx(0.3)
+    overall = weights.class_weights(y, weights.strata_of("classes", part))
+    assert overall[y == 1].sum() == pytest.approx(overall[y == 0].sum())
+    assert weights.strata_of("none", part) is None
+
+
+def test_a_weighed_regression_learns_from_the_rows_that_weigh(monkeypatch):
+    """Made-up features where two thirds of the training images are labelled against their feature: trained on
+    evenly, the regression ranks the other images backwards; those images weighed at (nearly) nothing, it ranks them
+    by the feature."""
+    weights = analysis_script("region_weights", monkeypatch)
+    rng = np.random.default_rng(5)
+    y = (np.arange(200) % 2).astype(float)
+    means = rng.normal(0, 0.3, (200, 3))
+    means[:, 0] += np.where(np.arange(200) < 100, 1 - y, y)  # the first 100 labelled against feature 0
+    train, test = np.arange(150), np.arange(150, 200)
+    weight = np.where(np.arange(200) < 100, 1e-6, 1.0)
+    kept = weights.weighted_lr_probabilities(means, y, train, test, weight)
+    even = weights.weighted_lr_probabilities(means, y, train, test, np.ones(200))
+    assert roc_auc_score(y[test], kept) > 0.95 and roc_auc_score(y[test], even) < 0.1
