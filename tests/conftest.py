@@ -59,11 +59,14 @@ def pytest_configure(config):
     os.environ.update(RUN_ENV)
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: unknown when it is not loaded
 def pytest_xdist_make_scheduler(config, log):
-    """pytest-xdist's scheduler (`-n 2`): whole modules to each process, as `--dist loadscope` deals them, but with
+    """pytest-xdist's scheduler for `--dist loadscope` (the default here): whole modules to each process, but with
     the notebook's cells and the modules that read their run (DEFAULT_RUN_READERS) dealt as one, so that the process
-    nbval runs the notebook in makes that run once, for all of them; and a module of PARALLEL_PARAMETERS dealt by the
-    parameter of its tests, so that its runs go to both processes."""
+    nbval runs the notebook in makes that run once, for all of them; and a module of PARALLEL_PARAMETERS dealt as one
+    unit per parameter of its tests, so that the two processes can share its runs. Any other `--dist`: its own."""
+    if config.getvalue("dist") != "loadscope":
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class DefaultRunScheduling(LoadScopeScheduling):
@@ -78,13 +81,11 @@ def pytest_xdist_make_scheduler(config, log):
     return DefaultRunScheduling(config, log)
 
 
-def pytest_collection_modifyitems(items):
-    """Stop at once if a test reads the default run from a module pytest-xdist would deal apart from the notebook's
-    cells (pytest_xdist_make_scheduler): that process would make the run a second time."""
-    strays = sorted({item.path.name for item in items if "notebook_run" in getattr(item, "fixturenames", ())}
-                    - DEFAULT_RUN_READERS)
-    if strays:
-        raise pytest.UsageError(f"{', '.join(strays)} read the default run: add them to DEFAULT_RUN_READERS")
+def pytest_runtest_setup(item):
+    """Fail a test that reads the default run from a module that pytest_xdist_make_scheduler deals apart from the
+    notebook's cells: in that process the run would be made a second time."""
+    if "notebook_run" in getattr(item, "fixturenames", ()) and item.path.name not in DEFAULT_RUN_READERS:
+        pytest.fail(f"{item.path.name} reads the default run: add it to DEFAULT_RUN_READERS in tests/conftest.py")
 
 
 def pytest_unconfigure(config):

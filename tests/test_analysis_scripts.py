@@ -446,3 +446,31 @@ def test_a_weighed_regression_learns_from_the_rows_that_weigh(monkeypatch):
     kept = weights.weighted_lr_probabilities(means, y, train, test, weight)
     even = weights.weighted_lr_probabilities(means, y, train, test, np.ones(200))
     assert roc_auc_score(y[test], kept) > 0.95 and roc_auc_score(y[test], even) < 0.1
+
+
+def test_unweighed_views_score_as_the_unweighted_regression_and_weights_follow_their_images(monkeypatch):
+    """Weighing every image 1 gives hed_heads' regression over the views to the last digit; weights that make the
+    classes weigh the same inside each of two strata give what those weights, tiled view by view, give."""
+    weights, views = analysis_script("region_weights", monkeypatch), analysis_script("view_patches", monkeypatch)
+    heads_module = analysis_script("hed_heads", monkeypatch)
+    rng = np.random.default_rng(11)
+    count = 120
+    y = (np.arange(count) % 4 == 0).astype(float)
+    features = rng.normal(0, 1, (count, len(views.VIEWS), 6))
+    features[:, :, 0] += y[:, None]
+    unit, strata = np.arange(count) // 2, np.where(np.arange(count) < count // 2, "hand", "leg")
+    per_view = {view: features[:, k] for k, view in enumerate(views.VIEWS)}
+    plain = weights.weighed_probabilities(features, y, unit, None, seeds=(42,))[0]
+    weighed = weights.weighed_probabilities(features, y, unit, strata, seeds=(42,))[0]
+    folds = list(weights.StratifiedGroupKFold(5, shuffle=True, random_state=42).split(y, y, unit))
+    for train, test in folds:
+        expected = views.over_views(heads_module.mean_lr_probabilities, [per_view], y, train, test)
+        np.testing.assert_allclose(plain[test], expected, rtol=1e-6)
+        weight = np.ones(count)
+        weight[train] = weights.class_weights(y[train], strata[train])
+        stacked = np.concatenate([features[:, k] for k in range(len(views.VIEWS))])
+        rows = [np.concatenate([part + k * count for k in range(len(views.VIEWS))]) for part in (train, test)]
+        direct = weights.weighted_lr_probabilities(stacked, np.tile(y, len(views.VIEWS)), *rows,
+                                                   np.tile(weight, len(views.VIEWS)))
+        np.testing.assert_allclose(weighed[test], direct.reshape(len(views.VIEWS), len(test)).mean(axis=0), rtol=1e-6)
+    assert not np.allclose(plain, weighed)

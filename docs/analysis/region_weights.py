@@ -1,5 +1,5 @@
 """Would weighing the two classes the same inside each body region help the head rank fractures inside region? In
-FracAtlas about a quarter of hands are fractured and a tenth of legs, so the region foretells the label; weighed
+FracAtlas nearly three in ten hands are fractured and a tenth of legs, so the region foretells the label; weighed
 inside each region, a head cannot gain from telling regions apart.
 
     python docs/analysis/region_weights.py RUN_FOLDER FRACATLAS_FOLDER
