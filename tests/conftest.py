@@ -71,6 +71,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class DefaultRunScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid):
+            """The unit of work the test `nodeid` is dealt in."""
             module, _, test = nodeid.partition("::")
             if module.endswith(".ipynb") or Path(module).name in DEFAULT_RUN_READERS:
                 return "the default run"
