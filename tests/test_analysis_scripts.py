@@ -436,15 +436,15 @@ def test_a_weighed_regression_learns_from_the_rows_that_weigh(monkeypatch):
     """Made-up features where two thirds of the training images are labelled against their feature: trained on
     evenly, the regression ranks the other images backwards; those images weighed at (nearly) nothing, it ranks them
     by the feature."""
-    weights = analysis_script("region_weights", monkeypatch)
+    heads_module = analysis_script("hed_heads", monkeypatch)
     rng = np.random.default_rng(5)
     y = (np.arange(200) % 2).astype(float)
     means = rng.normal(0, 0.3, (200, 3))
     means[:, 0] += np.where(np.arange(200) < 100, 1 - y, y)  # the first 100 labelled against feature 0
     train, test = np.arange(150), np.arange(150, 200)
     weight = np.where(np.arange(200) < 100, 1e-6, 1.0)
-    kept = weights.weighted_lr_probabilities(means, y, train, test, weight)
-    even = weights.weighted_lr_probabilities(means, y, train, test, np.ones(200))
+    kept = heads_module.mean_lr_probabilities(means, y, train, test, weight)
+    even = heads_module.mean_lr_probabilities(means, y, train, test)
     assert roc_auc_score(y[test], kept) > 0.95 and roc_auc_score(y[test], even) < 0.1
 
 
@@ -470,7 +470,7 @@ def test_unweighed_views_score_as_the_unweighted_regression_and_weights_follow_t
         weight[train] = weights.class_weights(y[train], strata[train])
         stacked = np.concatenate([features[:, k] for k in range(len(views.VIEWS))])
         rows = [np.concatenate([part + k * count for k in range(len(views.VIEWS))]) for part in (train, test)]
-        direct = weights.weighted_lr_probabilities(stacked, np.tile(y, len(views.VIEWS)), *rows,
-                                                   np.tile(weight, len(views.VIEWS)))
+        direct = heads_module.mean_lr_probabilities(stacked, np.tile(y, len(views.VIEWS)), *rows,
+                                                    np.tile(weight, len(views.VIEWS)))
         np.testing.assert_allclose(weighed[test], direct.reshape(len(views.VIEWS), len(test)).mean(axis=0), rtol=1e-6)
     assert not np.allclose(plain, weighed)

@@ -147,10 +147,12 @@ def windows(maps, width, pool=tf.nn.avg_pool2d):
     return pooled.reshape(len(maps), -1, maps.shape[-1])
 
 
-def mean_lr_probabilities(means, y, train, test):
-    """Fit a logistic regression on the training images' block-5 means and return each test image's probability."""
+def mean_lr_probabilities(means, y, train, test, weight=None):
+    """Fit a logistic regression on the training images' block-5 means (each weighing its `weight`, if given: an array
+    over all the rows) and return each test image's probability."""
     fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
-    return fitted.fit(means[train], y[train]).predict_proba(means[test])[:, 1]
+    fitted.fit(means[train], y[train], logisticregression__sample_weight=None if weight is None else weight[train])
+    return fitted.predict_proba(means[test])[:, 1]
 
 
 def patch_probabilities(features, touched, y, train, test, teach):

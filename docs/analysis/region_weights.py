@@ -21,11 +21,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from hed_heads import described, scores
-from sklearn.linear_model import LogisticRegression
+from hed_heads import described, mean_lr_probabilities, scores
 from sklearn.model_selection import StratifiedGroupKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from training_sources import fracatlas_features
 from view_patches import SEEDS, VIEWS, over_views
 
@@ -51,14 +48,6 @@ def strata_of(weighing, part):
     return {"none": None, "classes": np.zeros(len(part)), "classes inside region": part}[weighing]
 
 
-def weighted_lr_probabilities(means, y, train, test, weight):
-    """Fit hed_heads' logistic regression on the rows `train`, each weighing `weight`, and return the rows `test`'s
-    probability."""
-    fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
-    fitted.fit(means[train], y[train], logisticregression__sample_weight=weight[train])
-    return fitted.predict_proba(means[test])[:, 1]
-
-
 def weighed_probabilities(features, y, unit, strata, seeds=SEEDS):
     """Each image's out-of-fold probability at each of `seeds` (a row per seed), the regression fitted on every view
     of the training folds' images with the classes weighed the same inside each of their `strata` (None: every image
@@ -70,7 +59,7 @@ def weighed_probabilities(features, y, unit, strata, seeds=SEEDS):
             weight = np.ones(len(y))
             if strata is not None:
                 weight[train] = class_weights(y[train], strata[train])
-            probabilities[row, test] = over_views(weighted_lr_probabilities, [per_view], y, train, test,
+            probabilities[row, test] = over_views(mean_lr_probabilities, [per_view], y, train, test,
                                                   np.tile(weight, len(VIEWS)))
     return probabilities
 
