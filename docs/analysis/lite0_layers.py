@@ -24,7 +24,8 @@ from hed_layers import seen_as
 from PIL import Image
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "bone_fracture_classifier.ipynb"
-DEFINED_IN_THE_NOTEBOOK = ("TRUNK_PACKAGES = ", "TORCH_STORAGES = ", "LITE0_STAGES = ", "def lite0_weights(")
+DEFINED_IN_THE_NOTEBOOK = ("TRUNK_PACKAGES = ", "TORCH_LEGACY_MAGIC = ", "def torch_state_dict(", "LITE0_STAGES = ",
+                           "def lite0_weights(")  # how the cells that build the trunk begin
 
 
 class DataError(Exception):
@@ -36,9 +37,12 @@ def notebook_lite0():
     use from the notebook's set-up): its functions and constants by name."""
     namespace = {"collections": collections, "pickle": pickle, "importlib": importlib, "Path": Path, "np": np,
                  "keras": keras, "DataError": DataError, "GRADCAM_LAYER": "last_conv"}
-    for cell in nbformat.read(NOTEBOOK, as_version=4).cells:
-        if cell.cell_type == "code" and cell.source.startswith(DEFINED_IN_THE_NOTEBOOK):
-            exec(cell.source, namespace)
+    cells = [cell.source for cell in nbformat.read(NOTEBOOK, as_version=4).cells
+             if cell.cell_type == "code" and cell.source.startswith(DEFINED_IN_THE_NOTEBOOK)]
+    if len(cells) != len(DEFINED_IN_THE_NOTEBOOK):
+        raise RuntimeError(f"{len(cells)} of the notebook's cells begin as {DEFINED_IN_THE_NOTEBOOK}: update them")
+    for source in cells:
+        exec(source, namespace)
     return namespace
 
 
@@ -53,8 +57,7 @@ def every_block(lite0):
     head = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization(epsilon=1e-3, name="head_bn")(
         keras.layers.Conv2D(1280, 1, use_bias=False, name="head")(last)))
     model = keras.Model(trunk.input, [keras.ops.mean(x, axis=(1, 2)) for x in [*ends, last, head]])
-    lite0["LITE0_BLOCKS"] += 1  # the notebook's lite0_weights then maps block 15's weights too
-    for name, weights in lite0["lite0_weights"]().items():
+    for name, weights in lite0["lite0_weights"](blocks=lite0["LITE0_BLOCKS"] + 1).items():
         if name.startswith("block15_"):
             model.get_layer(name).set_weights(weights)
     state = lite0["torch_state_dict"](lite0["trunk_weights_file"]("efficientnet_lite0"))
