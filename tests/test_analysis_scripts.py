@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from fixture_data import lite0_reference
 from nbhelpers import notebook_namespace
 from PIL import Image
 from sklearn.metrics import roc_auc_score
@@ -483,12 +484,10 @@ def test_every_lite0_block_is_the_notebook_s_trunk_and_the_pytorch_model_s_last_
     notebook = lite0.notebook_lite0()
     model = lite0.every_block(notebook)
     assert lite0.every_block(notebook).count_params() == model.count_params()  # the namespace is left as it was
-    row, column = np.mgrid[0:64, 0:64]
-    grey = ((row * 7 + column * 13) % 256).astype(np.float32)
-    pooled = model.predict(np.repeat(grey[None, ..., None], 3, -1), verbose=0)
+    image, reference = lite0_reference()
+    pooled = model.predict(np.repeat(image, 3, -1), verbose=0)
     assert [vector.shape[1] for vector in pooled] == [16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192,
                                                       192, 320, 1280]
-    reference = json.loads((ANALYSIS.parents[1] / "tests" / "lite0_reference.json").read_text())["mean_over_map"]
     np.testing.assert_allclose(pooled[14][0], reference, atol=3e-4)  # of values up to 10
     state = notebook["torch_state_dict"](notebook["trunk_weights_file"]("efficientnet_lite0"))
     for layer, name in [("head", "_conv_head"), ("block15_project", "_blocks.15._project_conv")]:

