@@ -406,11 +406,12 @@ def build_learnable_fixture(folder: Path, per_class: int = 48, size: int = 96, l
     return Path(folder)
 
 
-def lite0_reference() -> tuple[np.ndarray, np.ndarray]:
-    """EfficientNet-Lite0's reference (``lite0_reference.json``, written by its PyTorch model): the fixed image it was
-    computed on, ``(row * 7 + column * 13) % 256`` at 64 x 64 px as a batch of one greyscale image, and the mean over
-    the map of each of block 14's 192 channels."""
+def lite_reference(backbone: str) -> tuple[np.ndarray, np.ndarray]:
+    """The reference of the ``backbone`` EfficientNet-Lite (``<backbone>_reference.json``, written by its PyTorch
+    model): the fixed image it was computed on, ``(row * 7 + column * 13) % 256`` at 64 x 64 px as a batch of one
+    greyscale image, and the mean over the map of each channel of the trunk's last block (Lite0's block 14, 192
+    channels; Lite2's block 19, 208)."""
     row, column = np.mgrid[0:64, 0:64]
     image = ((row * 7 + column * 13) % 256).astype(np.float32)[None, ..., None]
-    reference = json.loads((Path(__file__).parent / "lite0_reference.json").read_text())
+    reference = json.loads((Path(__file__).parent / f"{backbone}_reference.json").read_text())
     return image, np.array(reference["mean_over_map"])

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from fixture_data import lite0_reference
+from fixture_data import lite_reference
 from nbhelpers import notebook_namespace
 from PIL import Image
 from sklearn.metrics import roc_auc_score
@@ -477,19 +477,25 @@ def test_unweighed_views_score_as_the_unweighted_regression_and_weights_follow_t
     assert not np.allclose(plain, weighed)
 
 
-def test_every_lite0_block_is_the_notebook_s_trunk_and_the_pytorch_model_s_last_block_and_head(monkeypatch):
-    """lite0_layers.py runs the notebook's own cells for EfficientNet-Lite0: block 14's features are the PyTorch
-    model's (tests/lite0_reference.json), and blocks 15 and the head are added with their weights from the file."""
-    lite0 = analysis_script("lite0_layers", monkeypatch)
-    notebook = lite0.notebook_lite0()
-    model = lite0.every_block(notebook)
-    assert lite0.every_block(notebook).count_params() == model.count_params()  # the namespace is left as it was
-    image, reference = lite0_reference()
+@pytest.mark.parametrize(("backbone", "channels"), [
+    ("efficientnet_lite0", [16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320, 1280]),
+    ("efficientnet_lite2", [16, 24, 24, 24, 48, 48, 48, 88, 88, 88, 88, 120, 120, 120, 120, 208, 208, 208, 208, 208,
+                            352, 1280])])
+def test_every_lite_block_is_the_notebook_s_trunk_and_the_pytorch_model_s_last_block_and_head(monkeypatch, backbone,
+                                                                                           channels):
+    """lite_layers.py runs the notebook's own cells for an EfficientNet-Lite: the trunk's last block's features are
+    the PyTorch model's (tests/<backbone>_reference.json), and the network's last block and head are added with their
+    weights from the file."""
+    lite = analysis_script("lite_layers", monkeypatch)
+    notebook = lite.notebook_lite()
+    model = lite.every_block(notebook, backbone)
+    assert lite.every_block(notebook, backbone).count_params() == model.count_params()  # the namespace is as it was
+    image, reference = lite_reference(backbone)
     pooled = model.predict(np.repeat(image, 3, -1), verbose=0)
-    assert [vector.shape[1] for vector in pooled] == [16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192,
-                                                      192, 320, 1280]
-    np.testing.assert_allclose(pooled[14][0], reference, atol=3e-4)  # of values up to 10
-    state = notebook["torch_state_dict"](notebook["trunk_weights_file"]("efficientnet_lite0"))
-    for layer, name in [("head", "_conv_head"), ("block15_project", "_blocks.15._project_conv")]:
+    assert [vector.shape[1] for vector in pooled] == channels
+    last = len(channels) - 2  # the block the trunk leaves out
+    np.testing.assert_allclose(pooled[last - 1][0], reference, atol=3e-4)  # of values up to 30
+    state = notebook["torch_state_dict"](notebook["trunk_weights_file"](backbone))
+    for layer, name in [("head", "_conv_head"), (f"block{last}_project", f"_blocks.{last}._project_conv")]:
         np.testing.assert_array_equal(model.get_layer(layer).get_weights()[0], state[f"{name}.weight"].transpose(2, 3,
                                                                                                                   1, 0))

