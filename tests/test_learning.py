@@ -10,13 +10,18 @@ the out-of-fold figure is 0.5 and this test fails.)"""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import execute_notebook, failing_run, new_folder, run_folder
+from conftest import ROOT, execute_notebook, failing_run, new_folder, readme_snippet, run_folder, tta_views_of
 from fixture_data import build_learnable_fixture
+from nbhelpers import notebook_namespace
+from PIL import Image
 from sklearn.metrics import roc_auc_score
+from test_run_outputs import p_fractured
 
 # 144 radiographs at 64 px (128 px for the pretrained trunk, whose maps would be 2 x 2 at 64 px: too coarse to point
 # at a band), 3 folds of one seed, 8 epochs, an external set of 48: about two minutes on 2 CPU cores for each network.
@@ -29,7 +34,8 @@ LEARNING_RUN = {"BONE_FRACTURE_FOLDS": "3", "BONE_FRACTURE_EPOCHS": "8", "BONE_F
 def learnt(request, tmp_path_factory):
     """The run folder of the notebook trained on two learnable data sets and tested on a third: once with the CNN
     from scratch, once with BACKBONE and TTA left to "auto", which with FracAtlas among the data train
-    EfficientNet-Lite0's trunk on the four views."""
+    EfficientNet-Lite0's trunk on the four views; each also classifies the external set's fractured images
+    (PREDICT)."""
     work = tmp_path_factory.mktemp("learnable")
     kaggle = build_learnable_fixture(work / "kaggle")
     fracatlas = build_learnable_fixture(work / "fracatlas", per_class=24, layout="fracatlas", seed=2)
@@ -42,10 +48,11 @@ def learnt(request, tmp_path_factory):
                "BONE_FRACTURE_IMG_SIZE": "64" if request.param == "cnn" else "128"}
     _, error = execute_notebook({**LEARNING_RUN, **network, "BONE_FRACTURE_DATA_DIR": f"{kaggle},{fracatlas}",
                                  "BONE_FRACTURE_EXTERNAL": str(external),
+                                 "BONE_FRACTURE_PREDICT": str(images / "Fractured"),
                                  "BONE_FRACTURE_OUTPUT_DIR": str(work / "output")})
     assert error is None, error
-    return {"folder": run_folder(work / "output"), "copy": copy, "external": external, "work": work,
-            "asked": request.param, "size": network["BONE_FRACTURE_IMG_SIZE"]}
+    return {"folder": run_folder(work / "output"), "output": work / "output", "copy": copy, "external": external,
+            "work": work, "asked": request.param, "size": int(network["BONE_FRACTURE_IMG_SIZE"])}
 
 
 def per_radiograph(predictions):
@@ -182,3 +189,113 @@ def test_an_external_folder_inside_the_training_data_is_refused(tmp_path):
     rendered = failing_run({"BONE_FRACTURE_DATA_DIR": str(data), "BONE_FRACTURE_EXTERNAL": str(data),
                             "BONE_FRACTURE_OUTPUT_DIR": str(tmp_path / "out")})
     assert "BONE_FRACTURE_EXTERNAL=" in rendered and "overlaps the training data" in rendered
+
+
+@pytest.fixture(scope="module")
+def nb(tmp_path_factory):
+    return notebook_namespace(64, tmp_path_factory.mktemp("learning-notebook"))
+
+
+def frozen_trunk(learnt):
+    """The run of `learnt` whose network is a frozen pretrained trunk (`auto`'s EfficientNet-Lite0 on the four views):
+    its folder and its features' cache folder; the CNN's run, which has neither, is skipped."""
+    if learnt["asked"] != "auto":
+        pytest.skip("the CNN from scratch has no frozen trunk")
+    (store,) = [p for p in (learnt["output"] / "cache").iterdir() if p.name.endswith("-features")]
+    return learnt["folder"], store
+
+
+def test_a_frozen_trunk_s_heads_each_kept_their_last_epoch(learnt):
+    folder, _ = frozen_trunk(learnt)
+    history = pd.read_csv(folder / "history.csv")
+    last = history.groupby(["seed", "fold"])["epoch"].transform("max")
+    assert (history["epoch"] == last).equals(history["kept"]) and (last == 8).all()  # EPOCHS=8, every one trained
+    folds = json.loads((folder / "metrics.json").read_text())["training"]["folds"]
+    assert [(fold["epochs_run"], fold["kept_epoch"]) for fold in folds] == [(8, 8)] * 3
+
+
+def test_the_features_of_each_image_s_views_are_computed_once_and_kept_in_the_cache(learnt):
+    folder, store = frozen_trunk(learnt)
+    assert store.name.endswith("-efficientnet_lite0-block14-features")
+    index = pd.read_csv(folder / "index.csv")
+    used = index.loc[index["note"].isna(), "cache"].map(lambda path: path.rsplit("/", 1)[1].removesuffix(".png"))
+    kept = {p.stem for p in store.glob("*.npy")}
+    for suffix in ("", "-mirror", "-zoomed70", "-zoomed70-mirror"):
+        assert {stem + suffix for stem in used} <= kept  # and the external images' (below)
+    assert np.load(next(store.glob("*.npy"))).shape == (192,)  # block 14's maps, pooled
+
+
+def test_the_saved_model_scores_images_as_the_cross_validation_did(nb, learnt):
+    """The head was trained on cached features; the shipped model keeps the trunk once and every fold's head: each
+    head on the trunk gives, on the cached images, the out-of-fold probabilities the run recorded."""
+    import keras
+
+    folder, _ = frozen_trunk(learnt)
+    contract = json.loads((folder / "model.json").read_text())
+    assert contract["backbone"] == "efficientnet_lite0" and contract["gradcam_layer"] == "last_conv"
+    model = keras.models.load_model(folder / "model.keras")
+    trunk_bytes = 4 * model.get_layer("trunk").count_params()  # float32
+    assert (folder / "model.keras").stat().st_size < 1.2 * trunk_bytes  # one trunk for all fold models, not one each
+    members = {member.name: member for member in nb["ensemble_members"](model)}
+    assert len(members) == contract["members"] == 3
+    oof = pd.read_csv(folder / "test_predictions.csv")
+    index = pd.read_csv(folder / "index.csv").set_index("path")
+    for k, part in oof.groupby("fold"):
+        pixels = np.stack([np.asarray(Image.open(index.at[path, "cache"]), np.float32)[..., None]
+                           for path in part["path"]])
+        member = members[f"seed_7_fold_{k}"]
+        np.testing.assert_allclose(p_fractured(member, pixels, tta=True), part["p_fractured"], atol=1e-4)
+        first_two = tta_views_of(pixels)[:2]
+        only_two = np.mean([np.asarray(member(view, training=False))[:, 0] for view in first_two], axis=0)
+        assert not np.allclose(only_two, part["p_fractured"], atol=1e-4)  # the zoomed views' features were used
+
+
+def test_the_external_images_are_scored_as_the_saved_model_scores_them(nb, learnt):
+    """The external test runs the saved model's trunk once per image and view (their features kept beside the
+    training images') and averages the heads on them: the probabilities of the whole saved model on the same images'
+    views."""
+    import keras
+
+    folder, store = frozen_trunk(learnt)
+    scored = pd.read_csv(folder / "external_predictions.csv")
+    assert len(scored) == 50  # 48 radiographs, the copy of a training image, and a film filed under both labels
+    model = keras.models.load_model(folder / "model.keras")
+    pixels = np.stack([nb["model_input"](nb["load_xray"](path), learnt["size"], "squash") for path in scored["path"]])
+    np.testing.assert_allclose(p_fractured(model, pixels, tta=True), scored["p_fractured"], atol=1e-4)
+    used = pd.read_csv(folder / "index.csv").query("note.isna()")["cache"].nunique()
+    assert len(list(store.glob("*.npy"))) == 4 * (used + 50)  # the training and external images' four views
+
+
+def test_predictions_average_the_saved_model_over_each_image_s_views(nb, learnt):
+    import keras
+
+    folder, _ = frozen_trunk(learnt)
+    assert json.loads((folder / "model.json").read_text())["test_time_augmentation"] is True
+    predicted = pd.read_csv(folder / "predictions.csv", keep_default_na=False)
+    asked = learnt["external"] / "FracAtlas" / "images" / "Fractured"  # PREDICT: 24 radiographs and the copy
+    assert len(predicted) == len(list(asked.iterdir())) == 25 and (predicted["error"] == "").all()
+    model = keras.models.load_model(folder / "model.keras")
+    pixels = np.stack([nb["model_input"](nb["load_xray"](path), learnt["size"], "squash")
+                       for path in predicted["path"]])
+    np.testing.assert_allclose(p_fractured(model, pixels, tta=True), predicted["p_fractured"], atol=1e-5)
+    assert not np.allclose(np.asarray(model(pixels, training=False))[:, 0], predicted["p_fractured"], atol=1e-5)
+
+
+def test_the_readme_snippet_averages_the_views_as_the_notebook_does(nb, learnt, tmp_path):
+    import keras
+
+    folder, _ = frozen_trunk(learnt)
+    image = tmp_path / "xray.jpg"
+    (tmp_path / "artifacts" / "latest").mkdir(parents=True)
+    for name in ("model.keras", "model.json"):
+        shutil.copy(folder / name, tmp_path / "artifacts" / "latest" / name)
+    predicted = pd.read_csv(folder / "predictions.csv", keep_default_na=False)
+    shutil.copy(predicted["path"].iloc[0], image)
+    result = subprocess.run([sys.executable, "-c", readme_snippet(ROOT / "README.md")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.split()[-2]) == pytest.approx(predicted["p_fractured"].iloc[0], abs=1e-4)
+    model = keras.models.load_model(folder / "model.keras")
+    pixels = nb["model_input"](nb["load_xray"](predicted["path"].iloc[0]), learnt["size"], "squash")[None]
+    first_two = np.mean([np.asarray(model(view))[0, 0] for view in tta_views_of(pixels)[:2]])
+    assert abs(first_two - predicted["p_fractured"].iloc[0]) > 1e-3  # the zoomed views make the difference
