@@ -216,13 +216,13 @@ def test_a_frozen_trunk_s_heads_each_kept_their_last_epoch(learnt):
 
 def test_the_features_of_each_image_s_views_are_computed_once_and_kept_in_the_cache(learnt):
     folder, store = frozen_trunk(learnt)
-    assert store.name.endswith("-efficientnet_lite0-block14-features")
+    assert store.name.endswith("-efficientnet_lite0-block14-meanmax-features")
     index = pd.read_csv(folder / "index.csv")
     used = index.loc[index["note"].isna(), "cache"].map(lambda path: path.rsplit("/", 1)[1].removesuffix(".png"))
     kept = {p.stem for p in store.glob("*.npy")}
     for suffix in ("", "-mirror", "-zoomed70", "-zoomed70-mirror"):
         assert {stem + suffix for stem in used} <= kept  # and the external images' (below)
-    assert np.load(next(store.glob("*.npy"))).shape == (192,)  # block 14's maps, pooled
+    assert np.load(next(store.glob("*.npy"))).shape == (384,)  # block 14's maps: each channel's mean and maximum
 
 
 def test_the_saved_model_scores_images_as_the_cross_validation_did(nb, learnt):

@@ -168,7 +168,7 @@ def test_the_pretrained_trunk_runs_on_the_oldest_supported_stack_once_its_packag
     assert (metrics["parameters"]["backbone"], metrics["parameters"]["tta"]) == ("efficientnet_lite0", True)
     assert metrics["parameters"]["feature_precision"] == "bfloat16"
     cache = [p.name for p in (output / "cache").iterdir()]
-    assert [name.endswith("-efficientnet_lite0-block14-bfloat16-features") for name in cache].count(True) == 1
+    assert [name.endswith("-efficientnet_lite0-block14-meanmax-bfloat16-features") for name in cache].count(True) == 1
     assert metrics["test"]["per_radiograph"]["cnn"]["n"] >= 20  # 24 radiographs, a look-alike or two may be joined
     contract = json.loads((run_folder(output) / "model.json").read_text())
     assert contract["backbone"] == "efficientnet_lite0" and contract["test_time_augmentation"] is True
