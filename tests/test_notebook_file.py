@@ -30,6 +30,7 @@ def test_notebook_metadata_is_clean():
     result = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", str(NOTEBOOK)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+    nbformat.validate(notebook)  # its format's schema: no cell ids in nbformat 4.4, which Jupyter would call invalid
 
 
 def test_ruff_is_clean_notebook_included():
