@@ -492,7 +492,9 @@ def test_every_lite_block_is_the_notebook_s_trunk_and_the_pytorch_model_s_last_b
     assert lite.every_block(notebook, backbone).count_params() == model.count_params()  # the namespace is as it was
     image, reference = lite_reference(backbone)
     pooled = model.predict(np.repeat(image, 3, -1), verbose=0)
-    assert [vector.shape[1] for vector in pooled] == channels
+    means, maxima = pooled[: len(channels)], pooled[len(channels) :]
+    assert [vector.shape[1] for vector in means] == [vector.shape[1] for vector in maxima] == channels
+    assert all((top >= mean - 1e-6).all() and (top > mean).any() for mean, top in zip(means, maxima))
     last = len(channels) - 2  # the block the trunk leaves out
     np.testing.assert_allclose(pooled[last - 1][0], reference, atol=3e-4)  # of values up to 30
     state = notebook["torch_state_dict"](notebook["trunk_weights_file"](backbone))

@@ -9,7 +9,9 @@ BACKBONE: efficientnet_lite0 or efficientnet_lite2. RUN_FOLDER: a run of the not
 whose cached images are read). For each VIEW (as in hed_layers.py: `image`, `mirror`, `zoomed70`, `zoomed70_mirror`,
 ...), FEATURES_FOLDER/VIEW/blk<k>_mean.npy keeps the mean over the map of block k's output (k from 0 to the last
 block, as the PyTorch file numbers its blocks: 15 for Lite0, 20 for Lite2) and blk<last + 1>_mean that of the
-network's head (its 1x1 convolution to 1,280 channels), rows in the order of FEATURES_FOLDER/images.csv. The
+network's head (its 1x1 convolution to 1,280 channels), and blk<k>_max the maximum over the map of the same
+(`blk14_mean+blk14_max`: what 3.16's head pools from Lite0's trunk), rows in the order of
+FEATURES_FOLDER/images.csv. The
 notebook's trunk ends one stage earlier (block 14, block 19); the last block and the head are added here from the
 same file, with the same builder.
 """
@@ -52,7 +54,7 @@ def notebook_lite():
 
 def every_block(lite, backbone):
     """The `backbone` EfficientNet-Lite with the notebook's trunk, its last block and its head, from RGB in 0-255 to
-    the mean over the map of each block's output and the head's, in that order."""
+    the mean over the map of each block's output and the head's, in that order, then the maximum of each."""
     trunk = lite["lite_trunk"](backbone, None)
     blocks = lite["lite_blocks"](backbone)
     names = {layer.name for layer in trunk.layers}
@@ -61,7 +63,8 @@ def every_block(lite, backbone):
     channels = lite["LITE_STAGES"][backbone][-1][-1]
     last = lite["lite_block"](trunk.output, channels, 6, 3, 1, LAST_STAGE[backbone], f"block{blocks}")
     head = lite["lite_normalized"](keras.layers.Conv2D(1280, 1, use_bias=False, name="head")(last), "head_bn")
-    model = keras.Model(trunk.input, [keras.ops.mean(x, axis=(1, 2)) for x in [*ends, last, head]])
+    maps = [*ends, last, head]
+    model = keras.Model(trunk.input, [pool(x, axis=(1, 2)) for pool in (keras.ops.mean, keras.ops.max) for x in maps])
     for name, weights in lite["lite_weights"](backbone, blocks + 1).items():
         if name.startswith(f"block{blocks}_"):
             model.get_layer(name).set_weights(weights)
@@ -84,8 +87,10 @@ def extract(backbone, run, out, views):
             kept.append(model.predict(np.repeat(grey[..., None], 3, -1), batch_size=32, verbose=0))
             print(f"{view}: {start + len(grey)} of {len(used)} images", flush=True)
         (out / view).mkdir(parents=True, exist_ok=True)
+        maps = len(kept[0]) // 2  # the means, then the maxima
         for k in range(len(kept[0])):
-            np.save(out / view / f"blk{k}_mean.npy", np.concatenate([batch[k] for batch in kept]))
+            name = f"blk{k % maps}_{'mean' if k < maps else 'max'}.npy"
+            np.save(out / view / name, np.concatenate([batch[k] for batch in kept]))
     used[["path", "cache", "label", "group"]].to_csv(out / "images.csv", index=False)
 
 
