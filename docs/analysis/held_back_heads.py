@@ -47,11 +47,16 @@ def paired_difference(y, group, p, q, resamples=1000, seed=0):
     return roc_auc_score(r["y"], r["q"]) - roc_auc_score(r["y"], r["p"]), np.percentile(differences, [2.5, 97.5])
 
 
+def without_copies(external):
+    """The rows of `external_predictions.csv` that the notebook scored: those whose `copy_of_training` is empty (a
+    copy of a training image names that image there, and is left out of the external figures)."""
+    return external[external["copy_of_training"].isna()].reset_index(drop=True)
+
+
 def main(run, cached_index, held_folder):
     """Print the shipped model's, the regression's and their mean's figures on the held-back radiographs."""
     images, features = fracatlas_features(run)
-    external = pd.read_csv(run / "external_predictions.csv")
-    external = external[~external["copy_of_training"].astype(str).str.lower().eq("true")].reset_index(drop=True)
+    external = without_copies(pd.read_csv(run / "external_predictions.csv"))
     store = features_store(run, Path(images["cache"].iloc[0]).parent)
     held = held_features(external["path"], pd.read_csv(cached_index), store)
     y = images["label"].eq("fractured").to_numpy(int)
