@@ -48,6 +48,7 @@ def test_each_invalid_parameter_is_refused_naming_variable_value_and_what_is_all
     ("TARGET_SENSITIVITY", "0.9", 0.9), ("SPLIT_FRACTIONS", "0.6,0.2,0.2", [0.6, 0.2, 0.2]), ("FIT", "pad", "pad"),
     ("RUN_ID", "seed-1_v3.2", "seed-1_v3.2"), ("TTA", "AUTO", "auto"), ("TTA", "off", False),
     ("BACKBONE", "cnn", "cnn"), ("BACKBONE", "auto", "auto"), ("BACKBONE", "", "auto"),  # empty: the default
+    ("IMG_SIZE", "AUTO", "auto"), ("IMG_SIZE", "320", 320),
 ])
 def test_documented_values_are_accepted_into_the_settings(name, value, expected):
     namespace, error = settings_outcome({name: value})
@@ -56,10 +57,11 @@ def test_documented_values_are_accepted_into_the_settings(name, value, expected)
 
 
 def test_an_unset_variable_takes_the_default_of_the_parameters_cell():
-    namespace, error = settings_outcome({"EPOCHS": None, "SPLIT": None, "TARGET_SENSITIVITY": None})
+    namespace, error = settings_outcome({"EPOCHS": None, "SPLIT": None, "TARGET_SENSITIVITY": None, "IMG_SIZE": None})
     assert error is None, error
     settings = namespace["settings"]
-    assert (settings.epochs, settings.split, settings.target_sensitivity) == ("auto", "grouped", 0.95)
+    assert (settings.epochs, settings.split, settings.target_sensitivity, settings.img_size) == (
+        "auto", "grouped", 0.95, "auto")
 
 
 def test_the_first_seed_is_the_runs_seed():

@@ -47,16 +47,19 @@ def paired_difference(y, group, p, q, resamples=1000, seed=0):
     return roc_auc_score(r["y"], r["q"]) - roc_auc_score(r["y"], r["p"]), np.percentile(differences, [2.5, 97.5])
 
 
-def without_copies(external):
-    """The rows of `external_predictions.csv` that the notebook scored: those whose `copy_of_training` is empty (a
-    copy of a training image names that image there, and is left out of the external figures)."""
-    return external[external["copy_of_training"].isna()].reset_index(drop=True)
+def scored_rows(external):
+    """The rows of `external_predictions.csv` whose radiographs the notebook scored: it leaves out a radiograph
+    (`group`) with an image that copies a training image (whose path `copy_of_training` names) or filed under both
+    labels."""
+    copied = external.loc[external["copy_of_training"].fillna("").ne(""), "group"]
+    conflicted = external.groupby("group")["label"].nunique().loc[lambda labels: labels > 1].index
+    return external[~external["group"].isin(set(copied) | set(conflicted))].reset_index(drop=True)
 
 
 def main(run, cached_index, held_folder):
     """Print the shipped model's, the regression's and their mean's figures on the held-back radiographs."""
     images, features = fracatlas_features(run)
-    external = without_copies(pd.read_csv(run / "external_predictions.csv"))
+    external = scored_rows(pd.read_csv(run / "external_predictions.csv"))
     store = features_store(run, Path(images["cache"].iloc[0]).parent)
     held = held_features(external["path"], pd.read_csv(cached_index), store)
     y = images["label"].eq("fractured").to_numpy(int)
