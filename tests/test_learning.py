@@ -81,6 +81,7 @@ def test_the_network_is_the_one_asked_for_and_auto_takes_a_pretrained_trunk_with
     assert contract["test_time_augmentation"] is parameters["tta"]
     external = json.loads((learnt["folder"] / "metrics.json").read_text())["external"]
     assert external["backbone"] == contract["backbone"] and external["as_trained"]["tta"] is parameters["tta"]
+    assert (external["as_trained"]["img_size"], external["as_trained"]["fit"]) == (learnt["size"], contract["fit"])
     label = {"efficientnet_lite0": "EfficientNet-Lite0 trunk", "cnn": "CNN"}[parameters["backbone"]]  # as it ran
     card = (learnt["folder"] / "model_card.md").read_text()
     assert f"- The {label}: ROC-AUC" in card and f"radiographs): the {label} " in card
