@@ -414,12 +414,13 @@ def test_the_held_back_images_features_regions_and_paired_difference_are_read_as
     better, worse = y + np.linspace(0, 0.5, 40), np.random.default_rng(0).random(40)
     difference, (low, high) = heads.paired_difference(y, group, worse, better)
     assert difference == pytest.approx(1.0 - roc_auc_score(y, worse)) and low <= difference <= high and low > 0
-    written = tmp_path / "external_predictions.csv"  # as the notebook writes it: a copy names its training image
+    written = tmp_path / "external_predictions.csv"  # as the notebook writes it: `note` says why a row is left out
     pd.DataFrame({"path": [f"/h/IMG000000{k}.jpg" for k in range(5)], "group": [0, 1, 1, 2, 2],
-                  "label": ["fractured", "fractured", "fractured", "fractured", "not_fractured"],
-                  "copy_of_training": ["", "", "/t/IMG0000009.jpg", "", ""]}).to_csv(written, index=False)
-    scored = heads.scored_rows(pd.read_csv(written))  # group 1 holds a copy, group 2 both labels
-    assert scored["path"].tolist() == ["/h/IMG0000000.jpg"]
+                  "note": ["", "holds a copy of a training image", "holds a copy of a training image",
+                           "label conflict", "label conflict"]}).to_csv(written, index=False)
+    assert heads.scored_rows(pd.read_csv(written))["path"].tolist() == ["/h/IMG0000000.jpg"]
+    with pytest.raises(SystemExit, match="no `note` column"):  # written by a notebook before 3.18
+        heads.scored_rows(pd.read_csv(written).drop(columns="note"))
 
 
 def test_the_classes_weigh_the_same_inside_each_region_and_each_region_keeps_its_share(monkeypatch):

@@ -104,6 +104,9 @@ def test_the_external_test_scores_every_radiograph_it_never_saw_and_leaves_the_c
     assert copy["copy_of_training"].iloc[0].endswith("f_000.png") and metrics["copies_of_training_left_out"] == 1
     one_label = scored.groupby("group")["label"].transform("nunique") == 1
     assert metrics["label_conflicts_left_out"] == 1 and (~one_label).sum() == 2  # the film and its refiled copy
+    copying = scored.groupby("group")["copy_of_training"].transform(lambda copies: copies.ne("").any())
+    assert scored["note"].eq("").equals(~copying & one_label)  # `note` says why a radiograph is left out
+    assert set(scored.loc[copying, "note"]) == {"holds a copy of a training image"}
     tested = per_radiograph(scored[(scored["copy_of_training"] == "") & one_label])
     auc = roc_auc_score(tested["label"] == "fractured", tested["p"])  # an independent computation from the CSV
     assert metrics["views"]["all radiographs"]["cnn"]["roc_auc"] == pytest.approx(auc, abs=1e-9)

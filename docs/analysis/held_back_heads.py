@@ -48,12 +48,12 @@ def paired_difference(y, group, p, q, resamples=1000, seed=0):
 
 
 def scored_rows(external):
-    """The rows of `external_predictions.csv` whose radiographs the notebook scored: it leaves out a radiograph
-    (`group`) with an image that copies a training image (whose path `copy_of_training` names) or filed under both
-    labels."""
-    copied = external.loc[external["copy_of_training"].fillna("").ne(""), "group"]
-    conflicted = external.groupby("group")["label"].nunique().loc[lambda labels: labels > 1].index
-    return external[~external["group"].isin(set(copied) | set(conflicted))].reset_index(drop=True)
+    """The rows of `external_predictions.csv` whose radiographs the notebook scored: those without a `note` saying
+    why the radiograph was left out (notebook 3.18 and later write it)."""
+    if "note" not in external.columns:
+        sys.exit("external_predictions.csv has no `note` column: rerun the notebook (3.18 or later), which writes "
+                 "why each left-out radiograph was left out.")
+    return external[external["note"].fillna("").eq("")].reset_index(drop=True)
 
 
 def main(run, cached_index, held_folder):
