@@ -69,6 +69,21 @@ def test_fold_groups_join_radiographs_of_one_block_of_fracatlas_ids_and_their_co
     assert (blocks.groupby(np.arange(400) // 20)["fold"].nunique() == 1).all()  # every block in one fold
 
 
+def test_the_bootstrap_draws_whole_fold_units_so_one_patient_s_views_are_drawn_together(nb):
+    radiographs = pd.DataFrame({"group": range(6), "fold_group": [0, 0, 0, 1, 2, 2],  # unit 0: three radiographs
+                                "label": ["fractured", "not_fractured"] * 3})
+
+    def drawn(part):  # how often radiographs 0 and 2 were drawn, less radiograph 1's; and unit 2's two members'
+        count = part["group"].value_counts().reindex(range(6), fill_value=0)
+        return [count[0] - count[1], count[2] - count[1], count[4] - count[5], count[0]]
+
+    (first, second, third, units) = nb["bootstrap"](radiographs, drawn, 200, seed=0)
+    assert first == second == third == [0, 0]  # a unit's radiographs are drawn together or not at all
+    assert units[0] == 0 and units[1] >= 2  # unit 0 is left out of some draws and drawn twice or more in others
+    radiographs["fold_group"] = radiographs["group"]  # each radiograph its own unit: drawn alone
+    assert nb["bootstrap"](radiographs, drawn, 200, seed=0)[0] != [0, 0]
+
+
 def test_single_split_never_cuts_a_group_and_follows_the_fractions(nb):
     frame = grouped_frame(300)
     parts = nb["single_split"](frame, [0.7, 0.15, 0.15], seed=0)

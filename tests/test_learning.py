@@ -99,7 +99,10 @@ def test_the_external_test_scores_every_radiograph_it_never_saw_and_leaves_the_c
     folder = learnt["folder"]
     metrics = json.loads((folder / "metrics.json").read_text())["external"]
     scored = pd.read_csv(folder / "external_predictions.csv", keep_default_na=False)
-    assert set(scored.columns) >= {"path", "label", "group", "p_fractured", "p_metadata", "copy_of_training"}
+    assert set(scored.columns) >= {"path", "label", "group", "fold_group", "p_fractured", "p_metadata",
+                                   "copy_of_training", "note"}
+    unit = scored.set_index(scored["path"].str.rsplit("/", n=1).str[-1])["fold_group"]  # by file name
+    assert unit["IMG0300002.jpg"] == unit["IMG0300019.jpg"] != unit["IMG0300020.jpg"]  # a block of 20 ids: one unit
     copy = scored[scored["path"] == str(learnt["copy"])]
     assert copy["copy_of_training"].iloc[0].endswith("f_000.png") and metrics["copies_of_training_left_out"] == 1
     one_label = scored.groupby("group")["label"].transform("nunique") == 1
