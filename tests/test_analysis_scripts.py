@@ -447,6 +447,12 @@ def test_the_held_back_casts_are_read_per_radiograph_and_their_units_drawn_whole
     assert casts.figures(rows[~rows["cast"]])[0] == pytest.approx(1.0)
     (low, high), *_ = casts.unit_bootstrap(rows.assign(p=[0.9, 0.2, 0.6, 0.1, 0.3, 0.4, 0.8]), resamples=200)
     assert low <= high <= 1.0
+    together = rows.assign(unit=[0, 0, 1, 1, 2, 2, 3])  # radiographs 0 and 1 share a unit, as do 2 and 3
+    monkeypatch.setattr(casts, "figures", lambda drawn: np.array([(drawn.index == 0).sum() - (drawn.index == 1).sum(),
+                                                                  (drawn.index == 2).sum() - (drawn.index == 3).sum(),
+                                                                  (drawn.index == 6).sum()]))
+    (first, second, alone) = casts.unit_bootstrap(together, resamples=200)
+    assert list(first) == list(second) == [0, 0] and alone[1] >= 2  # a unit is drawn whole, or not at all
 
 
 def test_the_classes_weigh_the_same_inside_each_region_and_each_region_keeps_its_share(monkeypatch):

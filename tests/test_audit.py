@@ -77,7 +77,8 @@ def test_published_leak_is_measured_and_the_folds_do_not_leak(metrics, fixture):
 
 def test_pooled_metrics_recompute_from_the_out_of_fold_predictions(notebook_run, metrics):
     predictions = pd.read_csv(notebook_run / "test_predictions.csv")
-    assert list(predictions.columns) == ["path", "label", "group", "fold", "p_metadata", "p_fractured", "predicted"]
+    assert list(predictions.columns) == ["path", "label", "group", "fold_group", "fold", "p_metadata", "p_fractured",
+                                         "predicted"]
     per_image = metrics["test"]["per_image"]
     y = (predictions["label"] == "fractured").to_numpy()
     p = predictions["p_fractured"].to_numpy()

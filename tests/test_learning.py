@@ -143,6 +143,7 @@ def test_the_saved_model_tested_without_retraining_gives_the_same_external_figur
     output = learnt["work"] / "tested-later"  # an OUTPUT_DIR of its own: its cache is made at the model's size
     _, error = execute_notebook({"BONE_FRACTURE_MODEL": str(learnt["folder"] / "model.keras"),
                                  "BONE_FRACTURE_EXTERNAL": str(learnt["external"]), "BONE_FRACTURE_SEEDS": "1",
+                                 "BONE_FRACTURE_ID_BLOCK": "0",  # the model's run's 20 must win: it sets the units
                                  "BONE_FRACTURE_ANNOTATIONS": "none", "BONE_FRACTURE_OUTPUT_DIR": str(output)})
     assert error is None, error
     again = new_folder(output, {output / "cache"})
@@ -172,6 +173,9 @@ def test_it_looks_at_the_mark_where_the_data_set_outlines_it(learnt):
     found = json.loads((learnt["folder"] / "metrics.json").read_text())["localisation"]
     assert found["radiographs"] >= 10
     assert found["hit"]["mean"] > found["uniform"]["mean"] and found["heat_inside"]["mean"] > found["uniform"]["mean"]
+    for measured in ("hit", "heat_inside", "uniform"):
+        low, high = found[measured]["ci95"]
+        assert low <= found[measured]["mean"] <= high and low < high  # radiographs resampled by fold unit
     assert (learnt["folder"] / "localisation.png").stat().st_size > 10_000
 
 

@@ -1,6 +1,7 @@
 """How much of the held-back figure rests on casts? FracAtlas marks implants (`hardware`) but not casts or splints,
 which, like implants, show a fracture already treated. held_back_casts.csv is a label-blind reading of the 461
-held-back radiographs of held_back_split.py's split of fracatlas_dev (cast 1: the limb in a cast or splint).
+held-back images of held_back_split.py's split of fracatlas_dev (cast 1: the limb in a cast or splint), by a helper
+session shown them on contact sheets in shuffled order, named by id only; one reader.
 
     python docs/analysis/held_back_casts.py RUN_FOLDER HELD_FRACATLAS_FOLDER [CASTS_CSV]
 
