@@ -1,16 +1,19 @@
-"""How much of the held-back figure rests on casts? FracAtlas marks implants (`hardware`) but not casts or splints,
-which, like implants, show a fracture already treated. held_back_casts.csv is a label-blind reading of the 461
-held-back images of held_back_split.py's split of fracatlas_dev (cast 1: the limb in a cast or splint), by a helper
-session shown them on contact sheets in shuffled order, named by id only; one reader.
+"""How much of the held-back split's figures rests on casts? FracAtlas marks implants (`hardware`) but not casts or
+splints, which, like implants, show a fracture already treated. fracatlas_dev_casts.csv is a label-blind reading of
+fracatlas_dev's images (cast 1: the limb in a cast or splint): helper sessions shown them on contact sheets in
+shuffled order, named by id only, one reader an image (`part`: the held-back or the training part of
+held_back_split.py's split, read in separate passes).
 
-    python docs/analysis/held_back_casts.py RUN_FOLDER HELD_FRACATLAS_FOLDER [CASTS_CSV]
+    python docs/analysis/held_back_casts.py RUN_FOLDER HELD_FRACATLAS_FOLDER [TRAIN_FRACATLAS_FOLDER]
 
-RUN_FOLDER: a run (notebook 3.18 or later) with EXTERNAL the held-back part: its external_predictions.csv.
-HELD_FRACATLAS_FOLDER: that part, whose dataset.csv gives each image's region and hardware. CASTS_CSV: image_id and
-cast (default: held_back_casts.csv beside this script). Prints the casts per class, then the shipped model's ROC-AUC
-per radiograph over all, inside region (weighted by the smaller class) and without hardware (hed_heads' scores) on
-the scored radiographs, without those in a cast, and without casts or hardware, each with a 95 % interval from
-1,000 resamples of the run's units (external_predictions.csv's fold_group: a radiograph joined with its id block).
+RUN_FOLDER: a run (notebook 3.18 or later) on the split, EXTERNAL its held-back part: its external_predictions.csv
+and, for the training part, its radiographs.csv, seed_predictions.csv and folds.csv. HELD_FRACATLAS_FOLDER and
+TRAIN_FRACATLAS_FOLDER: the two parts, whose dataset.csv gives each image's region and hardware. Prints, for the
+held-back radiographs (the shipped model) and, if given, the training part's FracAtlas radiographs (out of fold, the
+seeds' mean): the casts per class, then ROC-AUC per radiograph over all, inside region (weighted by the smaller
+class) and without hardware (hed_heads' scores) on every radiograph, without those in a cast, and without casts or
+hardware, each with a 95 % interval from 1,000 resamples of the run's units (fold_group: a radiograph joined with its
+id block).
 """
 import sys
 import warnings
@@ -22,27 +25,40 @@ from hed_heads import scores
 from held_back_heads import scored_rows
 from sklearn.exceptions import UndefinedMetricWarning
 
+CASTS = Path(__file__).with_name("fracatlas_dev_casts.csv")
 
-def regions_and_marks(held_folder, casts):
-    """Per FracAtlas image id: its region ("mixed" unless exactly one of hand, leg, hip, shoulder), hardware mark
-    (dataset.csv) and cast (`casts`, a table of image_id and cast)."""
-    table = pd.read_csv(held_folder / "dataset.csv", dtype=str).set_index("image_id")
+
+def regions_and_marks(folder, casts):
+    """Per FracAtlas image id of `folder`'s dataset.csv: its region ("mixed" unless exactly one of hand, leg, hip,
+    shoulder), hardware mark and cast (`casts`, a table of image_id and cast)."""
+    table = pd.read_csv(folder / "dataset.csv", dtype=str).set_index("image_id")
     regions = table[["hand", "leg", "hip", "shoulder"]].eq("1")
     region = np.where(table["mixed"].eq("1") | regions.sum(axis=1).ne(1), "mixed", regions.idxmax(axis=1))
     cast = casts.set_index("image_id")["cast"].reindex(table.index)
     if cast.isna().any():
         missing = cast.index[cast.isna()]
-        raise SystemExit(f"{len(missing)} held-back images have no cast reading (first: {missing[0]})")
+        raise SystemExit(f"{len(missing)} images of {folder} have no cast reading (first: {missing[0]})")
     return pd.DataFrame({"region": region, "hardware": table["hardware"].eq("1"), "cast": cast.eq(1)}, table.index)
 
 
-def radiographs(external, marks):
-    """One row per scored radiograph of `external` (external_predictions.csv's rows): label, mean p_fractured, unit,
-    region and whether any of its images shows hardware or a cast."""
-    named = external.assign(**marks.loc[external["path"].map(lambda path: Path(path).name)].reset_index(drop=True))
+def radiographs(images, marks):
+    """One row per radiograph (`group`) of `images` (path, group, fold_group, label, p_fractured): its label, mean
+    p_fractured, unit, region and whether any of its images shows hardware or a cast (`marks`, by file name)."""
+    named = images.reset_index(drop=True).assign(
+        **marks.loc[images["path"].map(lambda path: Path(path).name)].reset_index(drop=True))
     return named.groupby("group").agg(y=("label", lambda labels: labels.iloc[0] == "fractured"),
                                       p=("p_fractured", "mean"), unit=("fold_group", "first"),
                                       region=("region", "first"), hardware=("hardware", "max"), cast=("cast", "max"))
+
+
+def out_of_fold(run, folder):
+    """The run's out-of-fold predictions of the images under `folder`, one row per image: path, group, fold_group,
+    label and p_fractured, its radiograph's mean over the seeds (seed_predictions.csv)."""
+    listed = pd.read_csv(run / "radiographs.csv", keep_default_na=False)[["group", "path", "label"]]
+    units = pd.read_csv(run / "folds.csv").drop_duplicates("path").set_index("path")["fold_group"]
+    p = pd.read_csv(run / "seed_predictions.csv").groupby("group")["p_fractured"].mean()
+    inside = listed[listed["path"].str.startswith(str(folder.resolve()))]
+    return inside.assign(fold_group=inside["path"].map(units).to_numpy(), p_fractured=inside["group"].map(p).to_numpy())
 
 
 def figures(rows):
@@ -66,20 +82,28 @@ def unit_bootstrap(rows, resamples=1000, seed=42):
     return np.nanpercentile(np.array(drawn), [2.5, 97.5], axis=0).T
 
 
-def main(run, held_folder, casts_csv):
-    """Print the casts per class and the three figures with and without the radiographs in a cast."""
-    marks = regions_and_marks(held_folder, pd.read_csv(casts_csv))
-    rows = radiographs(scored_rows(pd.read_csv(run / "external_predictions.csv", keep_default_na=False)), marks)
-    print(pd.crosstab(rows["cast"], rows["y"]).rename(index={True: "cast", False: "no cast"},
-                                                     columns={True: "fractured", False: "not fractured"}))
-    for name, kept in (("all", rows), ("without casts", rows[~rows["cast"]]),
+def report(name, rows):
+    """Print the casts per class of `rows` and the three figures with and without the radiographs in a cast."""
+    counts = pd.crosstab(rows["cast"], rows["y"]).reindex(index=[False, True], columns=[False, True], fill_value=0)
+    print(f"{name}: {counts.loc[True, True]} of {counts[True].sum()} fractured radiographs in a cast, "
+          f"{counts.loc[True, False]} of {counts[False].sum()} not fractured")
+    for view, kept in (("every radiograph", rows), ("without casts", rows[~rows["cast"]]),
                        ("without casts or hardware", rows[~rows["cast"] & ~rows["hardware"]])):
         values, intervals = figures(kept), unit_bootstrap(kept)
-        print(f"{name} ({len(kept)} radiographs, {int(kept['y'].sum())} fractured): " + ", ".join(
-            f"{view} {value:.3f} ({low:.3f}-{high:.3f})" for view, value, (low, high) in
+        print(f"  {view} ({len(kept)}, {int(kept['y'].sum())} fractured): " + ", ".join(
+            f"{figure} {value:.3f} ({low:.3f}-{high:.3f})" for figure, value, (low, high) in
             zip(("all", "inside region", "without hardware"), values, intervals)))
 
 
+def main(run, held_folder, train_folder=None, casts_csv=CASTS):
+    """Print `report` for the held-back radiographs and, with `train_folder`, the training part's."""
+    casts = pd.read_csv(casts_csv)
+    external = scored_rows(pd.read_csv(run / "external_predictions.csv", keep_default_na=False))
+    report("held back, the shipped model", radiographs(external, regions_and_marks(held_folder, casts)))
+    if train_folder is not None:
+        report("the training part, out of fold", radiographs(out_of_fold(run, train_folder),
+                                                             regions_and_marks(train_folder, casts)))
+
+
 if __name__ == "__main__":
-    default = Path(__file__).with_name("held_back_casts.csv")
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else default)
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None)
