@@ -52,12 +52,13 @@ def radiographs(images, marks):
 
 
 def out_of_fold(run, folder):
-    """The run's out-of-fold predictions of the images under `folder`, one row per image: path, group, fold_group,
-    label and p_fractured, its radiograph's mean over the seeds (seed_predictions.csv)."""
+    """The run's out-of-fold predictions of the radiographs under `folder` that its folds scored (a radiograph left
+    out, as a label conflict, has none), one row per radiograph: its representative path, group, fold_group, label
+    and p_fractured, its mean over the seeds (seed_predictions.csv)."""
     listed = pd.read_csv(run / "radiographs.csv", keep_default_na=False)[["group", "path", "label"]]
     units = pd.read_csv(run / "folds.csv").drop_duplicates("path").set_index("path")["fold_group"]
     p = pd.read_csv(run / "seed_predictions.csv").groupby("group")["p_fractured"].mean()
-    inside = listed[listed["path"].str.startswith(str(folder.resolve()))]
+    inside = listed[listed["path"].str.startswith(str(folder.resolve())) & listed["group"].isin(p.index)]
     return inside.assign(fold_group=inside["path"].map(units).to_numpy(), p_fractured=inside["group"].map(p).to_numpy())
 
 
