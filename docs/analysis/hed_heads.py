@@ -270,19 +270,25 @@ def described_images(run, store, fracatlas):
     return described(pd.read_csv(store / "images.csv"), run, fracatlas)
 
 
+def regions_and_hardware(fracatlas):
+    """Per image id of the FracAtlas folder's dataset.csv: its region ("mixed" unless exactly one of hand, leg, hip,
+    shoulder) and its hardware mark."""
+    table = pd.read_csv(fracatlas / "dataset.csv", dtype=str).set_index("image_id")
+    regions = table[["hand", "leg", "hip", "shoulder"]].eq("1")
+    region = np.where(table["mixed"].eq("1") | regions.sum(axis=1).ne(1), "mixed", regions.idxmax(axis=1))
+    return pd.DataFrame({"region": region, "hardware": table["hardware"].eq("1")}, table.index)
+
+
 def described(images, run, fracatlas):
     """What scoring needs of `images` (rows with a path, label and group), in their order: their file names, labels
-    (1: fractured), fold units (the run's folds.csv `fold_group`), radiograph groups, FracAtlas regions ("mixed"
-    unless exactly one) and hardware marks (dataset.csv)."""
+    (1: fractured), fold units (the run's folds.csv `fold_group`), radiograph groups, FracAtlas regions and hardware
+    marks (regions_and_hardware)."""
     y = (images["label"] == "fractured").to_numpy().astype(np.float32)
     folds = pd.read_csv(run / "folds.csv").drop_duplicates("path").set_index("path")
     unit, group = images["path"].map(folds["fold_group"]).to_numpy(), images["group"].to_numpy()
-    table = pd.read_csv(fracatlas / "dataset.csv", dtype=str).set_index("image_id")
-    regions = table[["hand", "leg", "hip", "shoulder"]].eq("1")
-    part = np.where(table["mixed"].eq("1") | regions.sum(axis=1).ne(1), "mixed", regions.idxmax(axis=1))
+    marks = regions_and_hardware(fracatlas)
     files = images["path"].map(lambda path: Path(path).name)
-    part, hardware = files.map(pd.Series(part, table.index)).to_numpy(), files.map(table["hardware"].eq("1")).to_numpy()
-    return files, y, unit, group, part, hardware
+    return files, y, unit, group, files.map(marks["region"]).to_numpy(), files.map(marks["hardware"]).to_numpy()
 
 
 def heads(run, store, fracatlas, kinds, seeds):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hed_heads import scores
+from hed_heads import regions_and_hardware, scores
 from held_back_heads import scored_rows
 from sklearn.exceptions import UndefinedMetricWarning
 
@@ -29,16 +29,14 @@ CASTS = Path(__file__).with_name("fracatlas_dev_casts.csv")
 
 
 def regions_and_marks(folder, casts):
-    """Per FracAtlas image id of `folder`'s dataset.csv: its region ("mixed" unless exactly one of hand, leg, hip,
-    shoulder), hardware mark and cast (`casts`, a table of image_id and cast)."""
-    table = pd.read_csv(folder / "dataset.csv", dtype=str).set_index("image_id")
-    regions = table[["hand", "leg", "hip", "shoulder"]].eq("1")
-    region = np.where(table["mixed"].eq("1") | regions.sum(axis=1).ne(1), "mixed", regions.idxmax(axis=1))
-    cast = casts.set_index("image_id")["cast"].reindex(table.index)
+    """Per FracAtlas image id of `folder`'s dataset.csv: its region and hardware mark (hed_heads'
+    regions_and_hardware) and its cast (`casts`, a table of image_id and cast)."""
+    marks = regions_and_hardware(folder)
+    cast = casts.set_index("image_id")["cast"].reindex(marks.index)
     if cast.isna().any():
         missing = cast.index[cast.isna()]
         raise SystemExit(f"{len(missing)} images of {folder} have no cast reading (first: {missing[0]})")
-    return pd.DataFrame({"region": region, "hardware": table["hardware"].eq("1"), "cast": cast.eq(1)}, table.index)
+    return marks.assign(cast=cast.eq(1))
 
 
 def radiographs(images, marks):
