@@ -458,7 +458,8 @@ def test_the_held_back_casts_are_read_per_radiograph_and_their_units_drawn_whole
     training = tmp_path / "train"
     pd.DataFrame({"group": [0, 1, 2, 3], "label": ["fractured", "not_fractured", "fractured", "fractured"],
                   "path": [str(training.resolve() / "IMG0000001.jpg"), str(training.resolve() / "IMG0000002.jpg"),
-                           "/kaggle/IMG0000003.jpg", str(training.resolve() / "IMG0000004.jpg")]}).to_csv(
+                           "/kaggle/IMG0000003.jpg", str(training.resolve() / "IMG0000004.jpg")],
+                  "fold": [1, 2, 1, 0], "body_part": "hand", "marks": ""}).to_csv(
         run / "radiographs.csv", index=False)  # radiograph 3 was left out of the folds: no prediction
     pd.DataFrame({"path": [str(training.resolve() / f"IMG000000{k}.jpg") for k in (1, 2, 1)],
                   "fold_group": [5, 6, 5]}).to_csv(run / "folds.csv", index=False)  # an image in two folds' parts

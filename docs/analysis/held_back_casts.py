@@ -24,6 +24,7 @@ import pandas as pd
 from hed_heads import regions_and_hardware, scores
 from held_back_heads import scored_rows
 from sklearn.exceptions import UndefinedMetricWarning
+from two_runs import out_of_fold as two_runs_out_of_fold
 
 CASTS = Path(__file__).with_name("fracatlas_dev_casts.csv")
 
@@ -50,14 +51,11 @@ def radiographs(images, marks):
 
 
 def out_of_fold(run, folder):
-    """The run's out-of-fold predictions of the radiographs under `folder` that its folds scored (a radiograph left
-    out, as a label conflict, has none), one row per radiograph: its representative path, group, fold_group, label
-    and p_fractured, its mean over the seeds (seed_predictions.csv)."""
-    listed = pd.read_csv(run / "radiographs.csv", keep_default_na=False)[["group", "path", "label"]]
+    """The run's out-of-fold predictions of the radiographs under `folder` (two_runs' out_of_fold: the seeds' mean,
+    a radiograph no fold scored left out), one row per radiograph, with its fold unit (folds.csv)."""
+    scored = two_runs_out_of_fold(run, str(folder.resolve())).reset_index()
     units = pd.read_csv(run / "folds.csv").drop_duplicates("path").set_index("path")["fold_group"]
-    p = pd.read_csv(run / "seed_predictions.csv").groupby("group")["p_fractured"].mean()
-    inside = listed[listed["path"].str.startswith(str(folder.resolve())) & listed["group"].isin(p.index)]
-    return inside.assign(fold_group=inside["path"].map(units).to_numpy(), p_fractured=inside["group"].map(p).to_numpy())
+    return scored.assign(fold_group=scored["path"].map(units).to_numpy())
 
 
 def figures(rows):
