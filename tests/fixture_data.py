@@ -327,25 +327,30 @@ class FixtureAnnotations:
     unmatched_rows: int  # rows that match no file of the fixture, by sha256 or published place
     by_place: str  # the key of the one radiograph whose row has another sha256 (a re-encoded copy's) and its place
     plain: set[str]  # keys of the radiographs annotated as plain radiographs (xray, no figure marks)
+    treated: set[str]  # keys of the radiographs annotated with a cast (the table marks no hardware)
 
 
 def write_annotations(fx: Fixture, path: Path) -> FixtureAnnotations:
     """Write an annotation table for the fixture: one row per independent radiograph outside the planted duplicates
     (body parts `hand` and `knee` hold both classes, `spine` only fractured MRI figures), one file of the rotated
     family (`wrist`), one radiograph marked exclude, one row whose sha256 is another copy's (matched by its `file`,
-    the published place split/class folder/name) and one row that matches no file."""
+    the published place split/class folder/name) and one row that matches no file; some hands and knees wear a
+    cast."""
     planted = {key for group in fx.planted_groups() for key in group} | set(fx.look_alikes) | set(fx.conflict)
     singles = sorted(key for key in fx.good if key not in planted)
-    rows, body_part, plain = [], {}, set()
+    rows, body_part, plain, treated = [], {}, set(), set()
     spines = [key for key in singles if fx.good[key] == "fractured"][:2]
     excluded = [key for key in singles if fx.good[key] == "not_fractured"][-1]
     for n, key in enumerate(singles):
         part = "spine" if key in spines else "hand" if n % 2 else "knee"
-        modality, marks = ("mri", "text") if part == "spine" else ("xray", "arrow" if n % 5 == 0 else "")
+        modality, marks = ("mri", "text") if part == "spine" else (
+            "xray", "arrow" if n % 5 == 0 else "cast" if n % 7 == 3 else "")
         rows.append([key, part, modality, marks, int(key == excluded), "not a radiograph" * (key == excluded)])
         body_part[key] = part
-        if modality == "xray" and not marks:
+        if modality == "xray" and marks in ("", "cast"):
             plain.add(key)
+        if marks == "cast":
+            treated.add(key)
     family_file = sorted(fx.families[0])[1]
     rows.append([family_file, "wrist", "xray", "", 0, "one file annotates its family"])
     body_part[family_file], unmatched = "wrist", 1
@@ -360,7 +365,8 @@ def write_annotations(fx: Fixture, path: Path) -> FixtureAnnotations:
              f"{exclude},{note}" for key, part, modality, marks, exclude, note in rows]
     text.append(f"{'0' * 64},train/fractured/missing.jpg,knee,xray,,0,a radiograph of another copy of the set")
     path.write_text("\n".join(text) + "\n")
-    return FixtureAnnotations(path, body_part, excluded, family_file, unmatched, by_place, plain | {family_file})
+    return FixtureAnnotations(path, body_part, excluded, family_file, unmatched, by_place, plain | {family_file},
+                              treated)
 
 
 def build_learnable_fixture(folder: Path, per_class: int = 48, size: int = 96, layout: str = "renamed",

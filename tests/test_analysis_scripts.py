@@ -423,53 +423,6 @@ def test_the_held_back_images_features_regions_and_paired_difference_are_read_as
         heads.scored_rows(pd.read_csv(written).drop(columns="note"))
 
 
-def test_the_held_back_casts_are_read_per_radiograph_and_their_units_drawn_whole(monkeypatch, tmp_path):
-    casts = analysis_script("held_back_casts", monkeypatch)
-    held = tmp_path / "held"
-    held.mkdir()
-    ids = [f"IMG{k:07d}.jpg" for k in range(8)]
-    pd.DataFrame({"image_id": ids, "hand": [1, 1, 1, 1, 0, 0, 0, 0], "leg": [0, 0, 0, 0, 1, 1, 1, 1], "hip": 0,
-                  "shoulder": 0, "mixed": 0, "hardware": [0, 0, 0, 0, 0, 0, 0, 1]}).to_csv(held / "dataset.csv",
-                                                                                      index=False)
-    marks = casts.regions_and_marks(held, pd.DataFrame({"image_id": ids, "cast": [1, 0, 0, 0, 0, 0, 0, 0]}))
-    assert marks["cast"].tolist() == [True] + [False] * 7 and marks["region"].tolist() == ["hand"] * 4 + ["leg"] * 4
-    with pytest.raises(SystemExit, match="1 images of .* have no cast reading"):
-        casts.regions_and_marks(held, pd.DataFrame({"image_id": ids[1:], "cast": 0}))
-    external = pd.DataFrame({"path": [f"/h/{name}" for name in ids], "group": [0, 0, 1, 2, 3, 4, 5, 6],
-                             "fold_group": [0, 0, 0, 1, 2, 2, 3, 3], "note": "",
-                             "label": ["fractured"] * 2 + ["not_fractured", "fractured"] + ["not_fractured"] * 3
-                             + ["fractured"],
-                             "p_fractured": [0.9, 0.7, 0.2, 0.6, 0.1, 0.3, 0.4, 0.8]})
-    rows = casts.radiographs(external, marks)
-    assert len(rows) == 7 and rows.loc[0, "p"] == pytest.approx(0.8) and rows.loc[0, "cast"]  # two images, one cast
-    assert rows["hardware"].tolist() == [False] * 6 + [True]
-    np.testing.assert_allclose(casts.figures(rows), [1.0, 1.0, 1.0])  # every fractured radiograph ranked first
-    assert casts.figures(rows[~rows["cast"]])[0] == pytest.approx(1.0)
-    (low, high), *_ = casts.unit_bootstrap(rows.assign(p=[0.9, 0.2, 0.6, 0.1, 0.3, 0.4, 0.8]), resamples=200)
-    assert low <= high <= 1.0
-    together = rows.assign(unit=[0, 0, 1, 1, 2, 2, 3])  # radiographs 0 and 1 share a unit, as do 2 and 3
-    monkeypatch.setattr(casts, "figures", lambda drawn: np.array([(drawn.index == 0).sum() - (drawn.index == 1).sum(),
-                                                                  (drawn.index == 2).sum() - (drawn.index == 3).sum(),
-                                                                  (drawn.index == 6).sum()]))
-    (first, second, alone) = casts.unit_bootstrap(together, resamples=200)
-    assert list(first) == list(second) == [0, 0] and alone[1] >= 2  # a unit is drawn whole, or not at all
-    run = tmp_path / "run"
-    run.mkdir()
-    training = tmp_path / "train"
-    pd.DataFrame({"group": [0, 1, 2, 3], "label": ["fractured", "not_fractured", "fractured", "fractured"],
-                  "path": [str(training.resolve() / "IMG0000001.jpg"), str(training.resolve() / "IMG0000002.jpg"),
-                           "/kaggle/IMG0000003.jpg", str(training.resolve() / "IMG0000004.jpg")],
-                  "fold": [1, 2, 1, 0], "body_part": "hand", "marks": ""}).to_csv(
-        run / "radiographs.csv", index=False)  # radiograph 3 was left out of the folds: no prediction
-    pd.DataFrame({"path": [str(training.resolve() / f"IMG000000{k}.jpg") for k in (1, 2, 1)],
-                  "fold_group": [5, 6, 5]}).to_csv(run / "folds.csv", index=False)  # an image in two folds' parts
-    pd.DataFrame({"seed": [42, 42, 42, 1, 1, 1], "group": [0, 1, 2] * 2,
-                  "p_fractured": [0.8, 0.4, 0.9, 0.6, 0.2, 0.7]}).to_csv(run / "seed_predictions.csv", index=False)
-    found = casts.out_of_fold(run, training)  # the training part's radiographs only, their seeds' mean
-    assert found["group"].tolist() == [0, 1] and found["fold_group"].tolist() == [5, 6]
-    np.testing.assert_allclose(found["p_fractured"], [0.7, 0.3])
-
-
 def test_the_classes_weigh_the_same_inside_each_region_and_each_region_keeps_its_share(monkeypatch):
     weights = analysis_script("region_weights", monkeypatch)
     y = np.array([1, 0, 0, 0, 1, 1, 0, 0, 0, 0])

@@ -43,7 +43,7 @@ def write(tmp_path, *rows, header=HEADER):
 @pytest.mark.parametrize(("row", "said"), [
     (f"{SHA[:63]},a.jpg,hand,xray,,0,", "is not 64 hexadecimal digits"),
     (f"{SHA},a.jpg,hand,x-ray,,0,", "modality 'x-ray' is not one of xray, ct, mri, other"),
-    (f"{SHA},a.jpg,hand,xray,arrow+circle,0,", "marks 'circle' not among arrow, text, panels, hardware"),
+    (f"{SHA},a.jpg,hand,xray,arrow+circle,0,", "marks 'circle' not among arrow, text, panels, hardware, cast"),
     (f"{SHA},a.jpg,hand,xray,,yes,", "exclude 'yes' is not 0 or 1"),
 ])
 def test_a_bad_row_is_named_by_its_line_before_anything_is_read(nb, tmp_path, row, said):
@@ -86,6 +86,32 @@ def test_a_missing_annotation_file_is_refused_unless_it_is_the_shipped_one(tmp_p
     missing = str(tmp_path / "annotations" / "fracture_multi_region.csv")
     table, said = nb["load_annotations"](missing)
     assert table.empty and f"{missing} is not beside the notebook" in said and f"put {missing} from the" in said
+
+
+def test_tables_fill_each_others_gaps_and_a_data_sets_own_may_describe_one_radiograph_twice(nb, tmp_path):
+    """ANNOTATIONS names two tables, and a FracAtlas folder carries its dataset.csv: a radiograph (two FracAtlas
+    files, IMG1 and IMG2, one film) takes its body part from the first table that gives one, every table's marks (a
+    cast read in one table, hardware from dataset.csv) and its note from the first; a later table's other body part
+    does not stop the run, nor do dataset.csv's two rows that disagree (counted)."""
+    root = tmp_path / "FracAtlas"
+    root.mkdir()
+    (root / "dataset.csv").write_text("image_id,hand,leg,hip,shoulder,mixed,hardware,fractured\n"
+                                      "IMG1.jpg,1,0,0,0,0,1,1\nIMG2.jpg,0,1,0,0,0,0,1\nIMG3.jpg,0,1,0,0,0,0,0\n")
+    first = write(tmp_path, f"{SHA},elsewhere/IMG2.jpg,wrist,,,0,")
+    second = first.with_name("casts.csv")
+    second.write_text("sha256,file,body_part,marks,note\n,all/fractured/IMG1.jpg,forearm,cast,splint\n"
+                      ",all/not_fractured/IMG3.jpg,,,bracelet\n")
+    annotations, said = nb["all_annotations"](f"{first}, {second}", {"FracAtlas": root})
+    assert said.count(" rows from ") == 3 and "FracAtlas: 3 rows from its own" in said
+    good = pd.DataFrame({"sha256": ["b" * 64, SHA, "c" * 64], "group": [0, 0, 1],
+                         "place": ["all/fractured/IMG1.jpg", "all/fractured/IMG2.jpg", "all/not_fractured/IMG3.jpg"]})
+    annotated, counts = nb["annotate_groups"](good, annotations)
+    assert annotated.loc[0, ["body_part", "modality", "marks", "note"]].tolist() == [
+        "wrist", "xray", "hardware+cast", "splint"]
+    assert annotated.loc[1, ["body_part", "marks", "note"]].tolist() == ["leg", "", "bracelet"]
+    assert counts == {"by_sha256": 1, "by_place": 5, "unmatched": 0, "data_set_disagreements": 1}
+    untreated = ~nb["has_mark"](annotated, nb["TREATED_MARKS"])
+    assert untreated.tolist() == [False, True]
 
 
 def test_copies_that_disagree_stop_the_run_before_training_naming_both_lines(tmp_path):
@@ -170,18 +196,27 @@ def test_plain_radiographs_are_the_xray_ones_without_figure_marks(metrics, index
     assert metrics["anatomy"]["views"]["plain radiographs"]["radiographs"] == len(plain)
 
 
+def test_without_hardware_or_cast_leaves_out_the_radiographs_in_a_cast(metrics, index, fixture, annotations):
+    used = set(index.loc[index["note"] == "", "group"])
+    treated = {group_of(index, fixture, key) for key in annotations.treated} & used
+    views = metrics["anatomy"]["views"]
+    assert treated and metrics["annotations"]["marks"]["cast"] == len(annotations.treated)
+    assert views["without hardware or cast"]["radiographs"] == views["all radiographs"]["radiographs"] - len(treated)
+
+
 def test_the_model_card_leads_with_the_most_controlled_figure_that_rests_on_enough_radiographs(notebook_run, metrics):
     """The fixture's matched views rest on a handful of annotated radiographs: the card says they are too few to
     judge and leads with the first view that has MIN_PER_CLASS radiographs of each class."""
     card = (notebook_run / "model_card.md").read_text()
     findings = card.split("**What this run shows**", 1)[1].split("\n- ")[1:]
     views = metrics["seeds"]["together"]
-    order = ["body part and source matched", "body-part-matched", "source-matched", "all radiographs"]
+    order = ["body part and source matched", "without hardware or cast, body-part-matched", "body-part-matched",
+             "source-matched", "all radiographs"]
     assert not views["body part and source matched"]["judged"] and views["all radiographs"]["judged"]
     leading = next(view for view in order if views[view]["judged"])
     assert min(views[leading]["per_class"].values()) >= 20
     assert f"({views[leading]['radiographs']} radiographs)" in findings[0] and "too few" not in findings[0]
-    assert "Where anatomy and source are the same" in findings[1] + findings[2] + findings[3]
+    assert "Where anatomy and source are the same" in "".join(findings[1:5])
     said_too_few = [line for line in findings if "too few to judge" in line]
     assert len(said_too_few) == sum(not views[view]["judged"] for view in order)
     assert any("one class only, left out: " in line for line in findings)

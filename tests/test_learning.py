@@ -25,6 +25,9 @@ from test_run_outputs import p_fractured
 
 # 144 radiographs at 64 px (128 px for the pretrained trunk, whose maps would be 2 x 2 at 64 px: too coarse to point
 # at a band), 3 folds of one seed, 8 epochs, an external set of 48: about two minutes on 2 CPU cores for each network.
+# Casts read in a table of their own: one training FracAtlas radiograph, and two external ones, one of which
+# (IMG0300005, every fourth) dataset.csv also marks with hardware.
+CASTS = ["fractured/IMG0200003.jpg", "fractured/IMG0300003.jpg", "fractured/IMG0300005.jpg"]
 LEARNING_RUN = {"BONE_FRACTURE_FOLDS": "3", "BONE_FRACTURE_EPOCHS": "8", "BONE_FRACTURE_IMG_SIZE": "64",
                 "BONE_FRACTURE_BATCH_SIZE": "16", "BONE_FRACTURE_SEEDS": "7", "BONE_FRACTURE_BOOTSTRAP": "100",
                 "BONE_FRACTURE_ANNOTATIONS": "none"}
@@ -44,15 +47,18 @@ def learnt(request, tmp_path_factory):
     shutil.copy(kaggle / "train" / "fractured" / "f_000.png", copy)
     images = external / "FracAtlas" / "images"  # one fractured radiograph filed under both labels (no hardware)
     shutil.copy(images / "Fractured" / "IMG0300002.jpg", images / "Non_fractured" / "IMG0300002_refiled.jpg")
+    casts = work / "casts.csv"  # read as the shipped reading of FracAtlas's casts is: by place, beside dataset.csv
+    casts.write_text("sha256,file,marks\n" + "".join(f",all/{place},cast\n" for place in CASTS))
     network = {"BONE_FRACTURE_BACKBONE": request.param if request.param != "auto" else None,
                "BONE_FRACTURE_IMG_SIZE": "64" if request.param == "cnn" else "128"}
-    _, error = execute_notebook({**LEARNING_RUN, **network, "BONE_FRACTURE_DATA_DIR": f"{kaggle},{fracatlas}",
+    _, error = execute_notebook({**LEARNING_RUN, **network, "BONE_FRACTURE_ANNOTATIONS": str(casts),
+                                 "BONE_FRACTURE_DATA_DIR": f"{kaggle},{fracatlas}",
                                  "BONE_FRACTURE_EXTERNAL": str(external),
                                  "BONE_FRACTURE_PREDICT": str(images / "Fractured"),
                                  "BONE_FRACTURE_OUTPUT_DIR": str(work / "output")})
     assert error is None, error
     return {"folder": run_folder(work / "output"), "output": work / "output", "copy": copy, "external": external,
-            "work": work, "asked": request.param, "size": int(network["BONE_FRACTURE_IMG_SIZE"])}
+            "work": work, "asked": request.param, "size": int(network["BONE_FRACTURE_IMG_SIZE"]), "casts": casts}
 
 
 def per_radiograph(predictions):
@@ -92,7 +98,10 @@ def test_both_data_sets_are_read_and_reported_each(learnt):
     assert list(metrics["data"]["folders"]) == ["kaggle", "FracAtlas"]
     assert {"kaggle", "FracAtlas"} <= set(metrics["data_sets"])
     assert metrics["data_sets"]["FracAtlas"]["all radiographs"]["radiographs"] >= 45
-    assert metrics["annotations"]["rows_matched_by_place"] == 48  # FracAtlas's dataset.csv, by published place
+    assert metrics["annotations"]["rows_matched_by_place"] == 48 + 1  # dataset.csv's and a cast, by published place
+    assert metrics["annotations"]["marks"] | {"hardware": 12, "cast": 1} == metrics["annotations"]["marks"]
+    fracatlas = metrics["data_sets"]["FracAtlas"]
+    assert fracatlas["without hardware or cast"]["radiographs"] == fracatlas["all radiographs"]["radiographs"] - 13
 
 
 def test_the_external_test_scores_every_radiograph_it_never_saw_and_leaves_the_copy_out(learnt):
@@ -122,6 +131,13 @@ def test_the_external_test_scores_every_radiograph_it_never_saw_and_leaves_the_c
     assert at["sensitivity"] == pytest.approx(called[fractured].mean())
     assert at["specificity"] == pytest.approx(1 - called[~fractured].mean())
     assert metrics["views"]["without hardware"]["radiographs"] == 35  # every fourth radiograph shows hardware
+    hardware = pd.read_csv(learnt["external"] / "FracAtlas" / "dataset.csv").set_index("image_id")["hardware"]
+    treated = hardware.index[hardware == 1].union([place.split("/")[1] for place in CASTS])
+    untreated = tested[~scored.groupby("group")["path"].first().loc[tested.index].str.rsplit("/", n=1).str[-1].isin(
+        treated)]
+    assert metrics["views"]["without hardware or cast"]["radiographs"] == len(untreated) == 34  # IMG0300003's cast
+    assert metrics["views"]["without hardware or cast"]["cnn"]["roc_auc"] == pytest.approx(
+        roc_auc_score(untreated["label"] == "fractured", untreated["p"]), abs=1e-9)
     card = (folder / "model_card.md").read_text()
     assert card.index("On radiographs from elsewhere") < card.index("What this run shows")
     assert (folder / "external_roc.png").stat().st_size > 10_000
@@ -144,7 +160,8 @@ def test_the_saved_model_tested_without_retraining_gives_the_same_external_figur
     _, error = execute_notebook({"BONE_FRACTURE_MODEL": str(learnt["folder"] / "model.keras"),
                                  "BONE_FRACTURE_EXTERNAL": str(learnt["external"]), "BONE_FRACTURE_SEEDS": "1",
                                  "BONE_FRACTURE_ID_BLOCK": "0",  # the model's run's 20 must win: it sets the units
-                                 "BONE_FRACTURE_ANNOTATIONS": "none", "BONE_FRACTURE_OUTPUT_DIR": str(output)})
+                                 "BONE_FRACTURE_ANNOTATIONS": str(learnt["casts"]),  # its run's tables
+                                 "BONE_FRACTURE_OUTPUT_DIR": str(output)})
     assert error is None, error
     again = new_folder(output, {output / "cache"})
     caches = [folder.name for folder in (output / "cache").iterdir()]  # with a frozen trunk, its features beside
