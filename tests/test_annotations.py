@@ -114,6 +114,21 @@ def test_tables_fill_each_others_gaps_and_a_data_sets_own_may_describe_one_radio
     assert untreated.tolist() == [False, True]
 
 
+def test_the_shipped_tables_read_cleanly_and_mark_what_their_readme_counts(nb):
+    """Both tables the notebook reads by default pass its checks; the FracAtlas one keys each image by its place
+    (all/<class>/IMG<id>.jpg), once, and marks only casts: 93, of which 89 fractured (annotations/README.md)."""
+    table, said = nb["load_annotations"](nb["SHIPPED_ANNOTATIONS"])
+    assert said.count(" rows from ") == 2 and "not beside" not in said
+    kaggle, casts = (table[table["source"] == path] for path in nb["SHIPPED_ANNOTATIONS"].split(","))
+    assert len(kaggle) == 315 and kaggle["marks"].str.contains("cast").sum() == 12
+    assert len(casts) == 2342 and casts["file"].is_unique and (casts["sha256"] == "").all()
+    assert casts["file"].str.fullmatch(r"all/(fractured|not_fractured)/IMG\d{7}\.jpg").all()
+    assert casts["file"].map(nb["published_place"]).equals(casts["file"])  # matched as the notebook lists FracAtlas
+    assert set(casts["marks"]) == {"", "cast"} and (casts["body_part"] == "").all()
+    marked = casts.loc[casts["marks"] == "cast", "file"].str.split("/").str[1]
+    assert marked.value_counts().to_dict() == {"fractured": 89, "not_fractured": 4}
+
+
 def test_copies_that_disagree_stop_the_run_before_training_naming_both_lines(tmp_path):
     data = build_fixture(tmp_path / "data", with_odd_forms=False)
     original, copy = next(sorted(pair) for pair, kind in data.dup_pairs.items() if kind == "near")
