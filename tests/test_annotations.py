@@ -91,24 +91,26 @@ def test_a_missing_annotation_file_is_refused_unless_it_is_the_shipped_one(tmp_p
 def test_tables_fill_each_others_gaps_and_a_data_sets_own_may_describe_one_radiograph_twice(nb, tmp_path):
     """ANNOTATIONS names two tables, and a FracAtlas folder carries its dataset.csv: a radiograph (two FracAtlas
     files, IMG1 and IMG2, one film) takes its body part from the first table that gives one, every table's marks (a
-    cast read in one table, hardware from dataset.csv) and its note from the first; a later table's other body part
-    does not stop the run, nor do dataset.csv's two rows that disagree (counted)."""
+    cast read in one table, hardware from dataset.csv); a later table's other body part
+    does not stop the run, nor do dataset.csv's two rows that disagree (counted); every table's notes are kept, and
+    one table's exclude excludes."""
     root = tmp_path / "FracAtlas"
     root.mkdir()
     (root / "dataset.csv").write_text("image_id,hand,leg,hip,shoulder,mixed,hardware,fractured\n"
                                       "IMG1.jpg,1,0,0,0,0,1,1\nIMG2.jpg,0,1,0,0,0,0,1\nIMG3.jpg,0,1,0,0,0,0,0\n")
     first = write(tmp_path, f"{SHA},elsewhere/IMG2.jpg,wrist,,,0,")
     second = first.with_name("casts.csv")
-    second.write_text("sha256,file,body_part,marks,note\n,all/fractured/IMG1.jpg,forearm,cast,splint\n"
-                      ",all/not_fractured/IMG3.jpg,,,bracelet\n")
+    second.write_text("sha256,file,body_part,marks,exclude,note\n,all/fractured/IMG1.jpg,forearm,cast,,splint\n"
+                      ",all/not_fractured/IMG3.jpg,,,1,bracelet\n")
     annotations, said = nb["all_annotations"](f"{first}, {second}", {"FracAtlas": root})
     assert said.count(" rows from ") == 3 and "FracAtlas: 3 rows from its own" in said
     good = pd.DataFrame({"sha256": ["b" * 64, SHA, "c" * 64], "group": [0, 0, 1],
                          "place": ["all/fractured/IMG1.jpg", "all/fractured/IMG2.jpg", "all/not_fractured/IMG3.jpg"]})
     annotated, counts = nb["annotate_groups"](good, annotations)
-    assert annotated.loc[0, ["body_part", "modality", "marks", "note"]].tolist() == [
-        "wrist", "xray", "hardware+cast", "splint"]
-    assert annotated.loc[1, ["body_part", "marks", "note"]].tolist() == ["leg", "", "bracelet"]
+    assert annotated.loc[0, ["body_part", "modality", "marks", "exclude", "note"]].tolist() == [
+        "wrist", "xray", "hardware+cast", 0, "splint; projections:"]  # dataset.csv's note, its views (none here)
+    assert annotated.loc[1, ["body_part", "marks", "exclude", "note"]].tolist() == [
+        "leg", "", 1, "bracelet; projections:"]  # one table excludes it: excluded
     assert counts == {"by_sha256": 1, "by_place": 5, "unmatched": 0, "data_set_disagreements": 1}
     untreated = ~nb["has_mark"](annotated, nb["TREATED_MARKS"])
     assert untreated.tolist() == [False, True]

@@ -136,6 +136,7 @@ def test_the_external_test_scores_every_radiograph_it_never_saw_and_leaves_the_c
     untreated = tested[~scored.groupby("group")["path"].first().loc[tested.index].str.rsplit("/", n=1).str[-1].isin(
         treated)]
     assert metrics["views"]["without hardware or cast"]["radiographs"] == len(untreated) == 34  # IMG0300003's cast
+    assert metrics["treated_marks"] == {"hardware": 12, "cast": 2}
     assert metrics["views"]["without hardware or cast"]["cnn"]["roc_auc"] == pytest.approx(
         roc_auc_score(untreated["label"] == "fractured", untreated["p"]), abs=1e-9)
     card = (folder / "model_card.md").read_text()

@@ -33,6 +33,7 @@ def settings_outcome(overrides):
     ("DEDUPLICATE", "ture"), ("SPLIT", "random"), ("SPLIT_FRACTIONS", "0.7,0.3"), ("MAX_MEGAPIXELS", "big"),
     ("MODEL", "/no/such/model.keras"), ("SOURCE_BINS", "1"), ("FIT", "stretch"), ("WORKERS", "0"),
     ("RUN_ID", "cache"), ("RUN_ID", ".."), ("RUN_ID", "a/b"), ("ANNOTATIONS", "/no/such/annotations.csv"),
+    ("ANNOTATIONS", "annotations/fracture_multi_region.csv,/no/such/annotations.csv"),
 ])
 def test_each_invalid_parameter_is_refused_naming_variable_value_and_what_is_allowed(name, value):
     _, error = settings_outcome({name: value})
