@@ -19,12 +19,12 @@ from hed_heads import scores
 
 
 def out_of_fold(run, data_set):
-    """The run's radiographs of `data_set` (group, representative path, fold, label, body part, marks) with their
-    out-of-fold p(fractured), the mean over the run's seeds (a radiograph no fold scored is left out)."""
+    """The run's radiographs of `data_set` (group, fold, label, body part, marks) with their out-of-fold p(fractured),
+    the mean over the run's seeds."""
     radiographs = pd.read_csv(run / "radiographs.csv", keep_default_na=False)
     radiographs = radiographs[radiographs["path"].str.contains(data_set, regex=False)]
     p = pd.read_csv(run / "seed_predictions.csv").groupby("group")["p_fractured"].mean()
-    return radiographs.set_index("group")[["path", "fold", "label", "body_part", "marks"]].join(p, how="inner")
+    return radiographs.set_index("group")[["fold", "label", "body_part", "marks"]].join(p, how="inner")
 
 
 def figures(described, p):
