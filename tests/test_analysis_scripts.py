@@ -508,3 +508,63 @@ def test_every_lite_block_is_the_notebook_s_trunk_and_the_pytorch_model_s_last_b
     for layer, name in [("head", "_conv_head"), (f"block{last}_project", f"_blocks.{last}._project_conv")]:
         np.testing.assert_array_equal(model.get_layer(layer).get_weights()[0], state[f"{name}.weight"].transpose(2, 3,
                                                                                                                   1, 0))
+
+
+def test_the_fine_tuned_stage_is_the_notebook_s_trunk_and_trains_its_convolutions_only(monkeypatch):
+    """lite_fine_tune.py cuts the notebook's Lite0 trunk after block 11: the lower part and blocks 12-14 rebuilt on
+    their own compute the trunk's maps, and of the stage only the convolutions train (batch normalization kept)."""
+    tune = analysis_script("lite_fine_tune", monkeypatch)
+    lite = tune.notebook_lite()
+    lower, trunk = tune.lower_and_stage(lite)
+    stage = tune.stage_blocks(lite, trunk)
+    image = np.random.default_rng(0).uniform(0, 255, (2, 320, 320, 3)).astype(np.float32)
+    maps = lower.predict(image, verbose=0)
+    assert maps.shape == (2, 10, 10, 192)
+    np.testing.assert_allclose(stage(maps).numpy(), trunk.predict(image, verbose=0), atol=1e-4)
+    trained = {variable.path.split("/")[0] for variable in stage.trainable_variables}
+    assert trained == {f"block{block}_{part}" for block in (12, 13, 14) for part in ("expand", "depthwise", "project")}
+
+
+def test_fine_tuning_learns_from_the_maps_and_changes_what_the_frozen_model_scores(monkeypatch):
+    """On made-up block-11 maps whose fractured images carry a brighter channel, the frozen model and the fine-tuned
+    one both rank the scored images' fractures first, and fine-tuning moves their probabilities."""
+    tune = analysis_script("lite_fine_tune", monkeypatch)
+    rng = np.random.default_rng(1)
+    y = np.array([1, 0] * 30)
+    maps = rng.normal(0, 1, (60, 4, 3, 3, 192)).astype(np.float16)
+    maps[y == 1, ..., :8] += 2.0
+    frozen, tuned = tune.frozen_and_fine_tuned(maps[:40], y[:40], maps[40:], seed=3, epochs=2, rate=1e-3)
+    assert frozen.shape == tuned.shape == (20,) and ((tuned >= 0) & (tuned <= 1)).all()
+    assert roc_auc_score(y[40:], frozen) > 0.9 and roc_auc_score(y[40:], tuned) > 0.9
+    assert np.abs(tuned - frozen).max() > 1e-3
+
+
+def test_the_fine_tuning_script_reads_the_run_s_folds_the_held_back_copies_and_the_treated_marks(monkeypatch, tmp_path):
+    tune = analysis_script("lite_fine_tune", monkeypatch)
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"path": ["/t/IMG0000155.jpg", "/t/IMG0000155b.jpg", "/t/IMG0000300.jpg", "/k/0.jpg"],
+                  "dataset": ["FracAtlas", "FracAtlas", "FracAtlas", "Kaggle"], "note": ["", "", "truncated", ""],
+                  "cache": ["/c/a.png", "/c/a.png", "/c/b.png", "/c/k.png"], "label": "fractured",
+                  "group": [0, 0, 1, 2]}).to_csv(run / "index.csv", index=False)
+    pd.DataFrame({"path": ["/t/IMG0000155.jpg"], "fold_group": [5]}).to_csv(run / "folds.csv", index=False)
+    pd.DataFrame({"path": ["/h/IMG0000156.jpg", "/h/IMG0000157.jpg"], "label": ["fractured", "not_fractured"],
+                  "group": [0, 1], "note": ["", "holds a copy of a training image"]}).to_csv(
+        run / "external_predictions.csv", index=False)
+    pd.DataFrame({"path": ["/all/IMG0000156.jpg", "/all/IMG0000157.jpg"], "dataset": "FracAtlas",
+                  "cache": ["/c/h1.png", "/c/h2.png"]}).to_csv(tmp_path / "cached.csv", index=False)
+    training, held = tune.images(run, tmp_path / "cached.csv")
+    assert training["cache"].tolist() == ["/c/a.png"] and training["unit"].tolist() == [5]  # one copy, usable
+    assert held["cache"].tolist() == ["/c/h1.png"]  # the copy of a training image left out
+    fracatlas = tmp_path / "FracAtlas"
+    fracatlas.mkdir()
+    pd.DataFrame({"image_id": ["IMG0000155.jpg", "IMG0000156.jpg", "IMG0000158.jpg"], "hand": [1, 0, 1], "leg": 0,
+                  "hip": 0, "shoulder": 0, "mixed": [0, 1, 0], "hardware": [0, 0, 1]}).to_csv(
+        fracatlas / "dataset.csv", index=False)
+    frame = pd.DataFrame({"path": ["/x/IMG0000155.jpg", "/x/IMG0000156.jpg", "/x/IMG0000158.jpg"],
+                          "label": ["fractured", "not_fractured", "fractured"], "group": [4, 5, 6]})
+    d = tune.described(frame, fracatlas)  # IMG0000155 and IMG0000156 are in a cast (annotations/fracatlas_casts.csv)
+    assert d["y"].tolist() == [1, 0, 1] and d["part"].tolist() == ["hand", "mixed", "hand"]
+    assert d["treated"].tolist() == [True, True, True]
+    frame = frame.assign(path=["/x/IMG0000001.jpg", "/x/IMG0000002.jpg", "/x/IMG0000158.jpg"])
+    assert tune.described(frame, fracatlas)["treated"].tolist() == [False, False, True]  # not in dataset.csv: no mark

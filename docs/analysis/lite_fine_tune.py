@@ -1,0 +1,240 @@
+"""Does training the last stage of EfficientNet-Lite0's trunk (blocks 12 to 14, at a low learning rate) rank
+FracAtlas's fractures better than the frozen trunk the notebook uses? Measured on the held-back split
+(held_back_split.py), FracAtlas's images alone, out of fold on the training part and on the held-back part.
+
+Two steps:
+
+    python docs/analysis/lite_fine_tune.py maps RUN_FOLDER CACHED_INDEX MAPS_FOLDER
+    python docs/analysis/lite_fine_tune.py score RUN_FOLDER CACHED_INDEX TRAIN_FRACATLAS HELD_FRACATLAS MAPS_FOLDER
+        [SEED[,SEED...]]
+
+RUN_FOLDER: a run of the notebook at 320 px on the held-back split's training part (its index.csv, whose cached
+images are read, its folds.csv, whose `fold_group` is dealt into 5 stratified grouped folds at each SEED, default 42,
+and its external_predictions.csv, which names the held-back images it scored). CACHED_INDEX: the index.csv of a run
+at 320 px whose data held the held-back images (a run on the whole FracAtlas folder), which names their cached
+copies (as held_back_heads.py reads it). TRAIN_FRACATLAS, HELD_FRACATLAS: the two parts, whose dataset.csv gives each
+image's region and hardware; the casts come from annotations/fracatlas_casts.csv.
+
+`maps` keeps, in MAPS_FOLDER, block 11's output (the start of Lite0's 192-channel stage, 10 x 10 at 320 px, float16)
+of each image seen as each of the notebook's four views, computed by the notebook's own trunk (lite_layers.py).
+`score` trains, for each fold and then once on the whole training part (scoring the held-back images):
+
+    frozen      blocks 12-14 as the trunk has them, their maps pooled by each channel's mean and maximum, and the
+                notebook's head (feature scaling, Dropout 0.3, Dense 128, Dropout 0.3, softmax; label smoothing 0.1,
+                classes weighed the same, Adam 1e-3 with a warm-up epoch and a cosine decay) trained 20 epochs, each
+                image shown three times an epoch as one of its views drawn at random
+    fine-tuned  that model trained on: blocks 12-14's convolutions (their batch normalization kept as the ImageNet
+                weights have it) and the head together, TUNED_EPOCHS epochs (environment, default 8) at a peak
+                learning rate of TUNED_RATE (default 0.0003), each image shown once an epoch as a view drawn at random
+
+Each image's probability is the mean over its four views. Printed per fold, then out of fold (the seeds' mean) and
+held back: ROC-AUC per radiograph over all, inside region (weighted by the smaller class), without hardware or cast,
+and the same inside region; then each difference (fine-tuned less frozen) with its paired 95 % interval over 1,000
+resamples of the radiographs.
+"""
+import os
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from hed_heads import regions_and_hardware, scores
+from hed_layers import seen_as
+from held_back_heads import paired_difference, scored_rows
+from lite_layers import notebook_lite
+from PIL import Image
+from sklearn.model_selection import StratifiedGroupKFold
+
+VIEWS = ("image", "mirror", "zoomed70", "zoomed70_mirror")  # the notebook's TTA_VIEWS, named as hed_layers names them
+TUNED_BLOCKS = (12, 13, 14)  # Lite0's 192-channel stage after its first (strided) block
+STAGE = {"channels": 192, "expansion": 6, "kernel": 5}  # LITE_STAGES' last stage of Lite0
+CASTS = Path(__file__).resolve().parents[2] / "annotations" / "fracatlas_casts.csv"
+TUNED_EPOCHS = int(os.environ.get("TUNED_EPOCHS", 8))
+TUNED_RATE = float(os.environ.get("TUNED_RATE", 3e-4))
+
+
+def images(run, cached_index):
+    """The run's usable FracAtlas images (index.csv, with their fold units from folds.csv) and the held-back images
+    its external test scored (external_predictions.csv, their cached copies named by `cached_index`)."""
+    index = pd.read_csv(run / "index.csv", keep_default_na=False)
+    training = index[(index["dataset"] == "FracAtlas") & (index["note"] == "")].drop_duplicates("cache")
+    units = pd.read_csv(run / "folds.csv").drop_duplicates("path").set_index("path")["fold_group"]
+    training = training.assign(unit=training["path"].map(units)).reset_index(drop=True)
+    held = scored_rows(pd.read_csv(run / "external_predictions.csv", keep_default_na=False))
+    cached = pd.read_csv(cached_index, keep_default_na=False)
+    cached = cached[cached["dataset"] == "FracAtlas"]
+    copy = dict(zip(cached["path"].map(lambda path: Path(path).name), cached["cache"]))
+    return training, held.assign(cache=held["path"].map(lambda path: copy[Path(path).name]))
+
+
+def described(frame, fracatlas):
+    """What scoring needs of `frame`'s images: labels (1: fractured), radiograph groups, regions, and whether each
+    shows a treated fracture (FracAtlas's hardware, or a cast in annotations/fracatlas_casts.csv)."""
+    marks = regions_and_hardware(fracatlas)
+    files = frame["path"].map(lambda path: Path(path).name)
+    casts = pd.read_csv(CASTS, keep_default_na=False)
+    cast = set(casts.loc[casts["marks"].str.contains("cast"), "file"].map(lambda path: Path(path).name))
+    return {"y": frame["label"].eq("fractured").to_numpy(int), "group": frame["group"].to_numpy(),
+            "part": files.map(marks["region"]).to_numpy(),
+            "treated": (files.map(marks["hardware"]).fillna(False).astype(bool) | files.isin(cast)).to_numpy()}
+
+
+def lower_and_stage(lite):
+    """The notebook's Lite0 trunk at 320 px cut after block 11 (RGB in 0-255 to block 11's maps), and blocks 12-14
+    on their own (block 11's maps to the trunk's), both with the trunk's ImageNet weights."""
+    trunk = lite["lite_trunk"]("efficientnet_lite0", 320)
+    lower = keras.Model(trunk.input, trunk.get_layer(f"block{TUNED_BLOCKS[0] - 1}_project_bn").output)
+    return lower, trunk
+
+
+def stage_blocks(lite, trunk):
+    """Blocks 12-14 as a model of their own from block 11's maps, the trunk's weights copied: their convolutions
+    trainable, their batch normalization not (kept in inference mode)."""
+    maps = keras.Input((None, None, STAGE["channels"]))
+    x = maps
+    for block in TUNED_BLOCKS:
+        x = lite["lite_block"](x, STAGE["channels"], STAGE["expansion"], STAGE["kernel"], 1, STAGE["channels"],
+                               f"block{block}")
+    stage = keras.Model(maps, x)
+    for layer in stage.layers:
+        if layer.weights:
+            layer.set_weights(trunk.get_layer(layer.name).get_weights())
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+    return stage
+
+
+def keep_maps(run, cached_index, out):
+    """Keep block 11's maps of every training and held-back image, seen as each of VIEWS, in out/{training,held}.npy
+    (images x views x 10 x 10 x 192, float16, in the order `images` gives)."""
+    out.mkdir(parents=True, exist_ok=True)
+    lower, _ = lower_and_stage(notebook_lite())
+    for name, frame in zip(("training", "held"), images(run, cached_index)):
+        shape = (len(frame), len(VIEWS), *lower.output.shape[1:])
+        maps = np.lib.format.open_memmap(out / f"{name}.npy", "w+", np.float16, shape)
+        for start in range(0, len(frame), 32):
+            grey = [Image.open(path).convert("L") for path in frame["cache"][start : start + 32]]
+            for v, view in enumerate(VIEWS):
+                seen = np.stack([seen_as(image, view) for image in grey])
+                maps[start : start + len(grey), v] = lower.predict(np.repeat(seen[..., None], 3, -1), verbose=0)
+            print(f"{name}: {start + len(grey)} of {len(frame)} images", flush=True)
+        maps.flush()
+
+
+def pooled(maps):
+    """Each channel's mean over the maps beside its maximum (the notebook's pooling of an EfficientNet-Lite trunk)."""
+    return keras.ops.concatenate([keras.ops.mean(maps, axis=(1, 2)), keras.ops.max(maps, axis=(1, 2))], axis=-1)
+
+
+def notebook_head(features):
+    """The notebook's head of a frozen trunk, its feature scaling adapted to `features`."""
+    scaling = keras.layers.Normalization()
+    scaling.adapt(features)
+    return keras.Sequential([keras.Input(features.shape[1:]), scaling, keras.layers.Dropout(0.3),
+                             keras.layers.Dense(128, "relu"), keras.layers.Dropout(0.3),
+                             keras.layers.Dense(2, activation="softmax")])
+
+
+def adam(peak, steps_per_epoch, epochs):
+    """The notebook's optimiser: clipped Adam, a warm-up epoch to `peak`, then a cosine decay to 1 % of it."""
+    schedule = keras.optimizers.schedules.CosineDecay(peak / 10, max(1, steps_per_epoch * (epochs - 1)), alpha=0.01,
+                                                      warmup_target=peak, warmup_steps=steps_per_epoch)
+    return keras.optimizers.Adam(schedule, clipnorm=1.0)
+
+
+def class_weights(y):
+    """Loss weights under which the two classes weigh the same, mean 1."""
+    return np.where(y == 1, len(y) / (2 * y.sum()), len(y) / (2 * (len(y) - y.sum()))).astype(np.float32)
+
+
+def targets(y):
+    """One-hot targets in the notebook's class order (fractured first)."""
+    return np.stack([y, 1 - y], axis=1).astype(np.float32)
+
+
+def view_probabilities(head, stage, maps):
+    """Each image's p(fractured), the mean over its views, of `head` on `stage`'s pooled maps (block 11's `maps`)."""
+    return np.mean([np.concatenate([head(pooled(stage(maps[i : i + 64, v].astype(np.float32))), training=False)
+                                    .numpy()[:, 0] for i in range(0, len(maps), 64)]) for v in range(len(VIEWS))], 0)
+
+
+def frozen_and_fine_tuned(maps, y, scored, seed, epochs=TUNED_EPOCHS, rate=TUNED_RATE):
+    """Train on block 11's `maps` of images labelled `y` the frozen model, then fine-tune it; return the `scored`
+    images' p(fractured) from each (frozen, fine-tuned)."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    lite = notebook_lite()
+    stage = stage_blocks(lite, lower_and_stage(lite)[1])
+    features = np.stack([np.concatenate([pooled(stage(maps[i : i + 64, v].astype(np.float32))).numpy()
+                                         for i in range(0, len(maps), 64)]) for v in range(len(VIEWS))], 1)
+    head = notebook_head(features.reshape(-1, features.shape[-1]))
+    weights, loss = class_weights(y), keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    shown = np.tile(np.arange(len(y)), 3)
+    head.compile(adam(1e-3, -(-len(shown) // 32), 20), loss)
+    for _ in range(20):
+        order, view = rng.permutation(shown), rng.integers(0, len(VIEWS), len(shown))
+        head.fit(features[order, view], targets(y[order]), sample_weight=weights[order], batch_size=32, epochs=1,
+                 shuffle=False, verbose=0)
+    frozen = view_probabilities(head, stage, scored)
+    optimizer, trained = adam(rate, -(-len(y) // 32), epochs), stage.trainable_variables + head.trainable_variables
+
+    @tf.function(reduce_retracing=True)
+    def step(x, target, weight):
+        with tf.GradientTape() as tape:
+            value = loss(target, head(pooled(stage(x, training=False)), training=True), sample_weight=weight)
+        optimizer.apply_gradients(zip(tape.gradient(value, trained), trained))
+
+    for _ in range(epochs):
+        order, view = rng.permutation(len(y)), rng.integers(0, len(VIEWS), len(y))
+        for start in range(0, len(y), 32):
+            rows = order[start : start + 32]
+            step(tf.constant(maps[rows, view[start : start + 32]].astype(np.float32)), tf.constant(targets(y[rows])),
+                 tf.constant(weights[rows]))
+    return frozen, view_probabilities(head, stage, scored)
+
+
+def four_figures(p, d):
+    """ROC-AUC per radiograph over all, inside region, without hardware or cast, and that inside region."""
+    everything = scores(p, d["y"], d["group"], d["part"], d["treated"])
+    untreated = ~d["treated"]
+    inside_untreated = scores(p[untreated], d["y"][untreated], d["group"][untreated], d["part"][untreated],
+                              d["treated"][untreated])[1]
+    return np.array([*everything, inside_untreated])
+
+
+def report(label, d, frozen, tuned):
+    """Print the frozen and fine-tuned figures and the paired difference over all."""
+    print(f"{label}: all, inside region, without hardware or cast, the same inside region\n"
+          f"  frozen     {' '.join(f'{v:.3f}' for v in four_figures(frozen, d))}\n"
+          f"  fine-tuned {' '.join(f'{v:.3f}' for v in four_figures(tuned, d))}")
+    untreated = ~d["treated"]
+    for name, rows in (("all", slice(None)), ("without hardware or cast", untreated)):
+        difference, (low, high) = paired_difference(d["y"][rows], d["group"][rows], frozen[rows], tuned[rows])
+        print(f"  fine-tuned less frozen, {name}: {difference:+.3f} ({low:+.3f} to {high:+.3f})", flush=True)
+
+
+def score(run, cached_index, training_folder, held_folder, out, seeds):
+    """Train and score the frozen and the fine-tuned model out of fold at each of `seeds`, then held back."""
+    training, held = images(run, cached_index)
+    d, h = described(training, training_folder), described(held, held_folder)
+    maps, held_maps = np.load(out / "training.npy"), np.load(out / "held.npy")
+    frozen, tuned = np.zeros((len(seeds), len(training))), np.zeros((len(seeds), len(training)))
+    for s, seed in enumerate(seeds):
+        folds = StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(d["y"], d["y"], training["unit"])
+        for k, (train, test) in enumerate(folds):
+            start = time.perf_counter()
+            frozen[s, test], tuned[s, test] = frozen_and_fine_tuned(maps[train], d["y"][train], maps[test], seed + k)
+            print(f"seed {seed}, fold {k + 1}: {time.perf_counter() - start:.0f} s", flush=True)
+    report(f"out of fold, seeds {','.join(map(str, seeds))} together ({len(training)} images)", d, frozen.mean(0),
+           tuned.mean(0))
+    report(f"held back ({len(held)} images)", h, *frozen_and_fine_tuned(maps, d["y"], held_maps, seeds[0]))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "maps":
+        keep_maps(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+    else:
+        seeds = [int(seed) for seed in (sys.argv[7] if len(sys.argv) > 7 else "42").split(",")]
+        score(*map(Path, sys.argv[2:7]), seeds)
