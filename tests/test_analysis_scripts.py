@@ -568,3 +568,20 @@ def test_the_fine_tuning_script_reads_the_run_s_folds_the_held_back_copies_and_t
     assert d["treated"].tolist() == [True, True, True]
     frame = frame.assign(path=["/x/IMG0000001.jpg", "/x/IMG0000002.jpg", "/x/IMG0000158.jpg"])
     assert tune.described(frame, fracatlas)["treated"].tolist() == [False, False, True]  # not in dataset.csv: no mark
+
+
+def test_the_fine_tuning_report_pairs_the_two_models_radiograph_by_radiograph(monkeypatch, capsys):
+    tune = analysis_script("lite_fine_tune", monkeypatch)
+    d = {"y": np.array([1, 1, 0, 0, 1, 0]), "group": np.array([0, 0, 1, 2, 3, 4]),
+         "part": np.array(["hand"] * 4 + ["leg"] * 2), "treated": np.array([False, False, False, False, True, False])}
+    frozen = np.array([0.2, 0.4, 0.5, 0.1, 0.9, 0.3])
+    radiographs = tune.per_radiograph(d, frozen, frozen[::-1])
+    assert radiographs["frozen"].tolist() == pytest.approx([0.3, 0.5, 0.1, 0.9, 0.3])  # radiograph 0's two images
+    assert radiographs["treated"].tolist() == [False, False, False, True, False]
+    figures = tune.radiograph_figures(radiographs, "frozen")
+    assert figures[0] == roc_auc_score(radiographs["y"], radiographs["frozen"])
+    untreated = radiographs[~radiographs["treated"]]  # the leg in a cast left out
+    assert figures[2] == roc_auc_score(untreated["y"], untreated["frozen"]) != figures[0]
+    many = {key: np.tile(value, 20) for key, value in d.items()} | {"group": np.arange(120)}
+    tune.report("same", many, np.tile(frozen, 20), np.tile(frozen, 20), resamples=50)
+    assert "fine-tuned less frozen +0.000 (+0.000 to +0.000) +0.000 (+0.000 to +0.000)" in capsys.readouterr().out

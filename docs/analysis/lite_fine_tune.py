@@ -5,7 +5,7 @@ FracAtlas's fractures better than the frozen trunk the notebook uses? Measured o
 Two steps:
 
     python docs/analysis/lite_fine_tune.py maps RUN_FOLDER CACHED_INDEX MAPS_FOLDER
-    python docs/analysis/lite_fine_tune.py score RUN_FOLDER CACHED_INDEX TRAIN_FRACATLAS HELD_FRACATLAS MAPS_FOLDER
+    python docs/analysis/lite_fine_tune.py STEP RUN_FOLDER CACHED_INDEX TRAIN_FRACATLAS HELD_FRACATLAS MAPS_FOLDER
         [SEED[,SEED...]]
 
 RUN_FOLDER: a run of the notebook at 320 px on the held-back split's training part (its index.csv, whose cached
@@ -17,7 +17,8 @@ image's region and hardware; the casts come from annotations/fracatlas_casts.csv
 
 `maps` keeps, in MAPS_FOLDER, block 11's output (the start of Lite0's 192-channel stage, 10 x 10 at 320 px, float16)
 of each image seen as each of the notebook's four views, computed by the notebook's own trunk (lite_layers.py).
-`score` trains, for each fold and then once on the whole training part (scoring the held-back images):
+Then STEP `folds` trains each fold's models at each SEED (default 42) and scores the fold's test images; STEP `held`
+trains them on the whole training part at each SEED and scores the held-back images. The models:
 
     frozen      blocks 12-14 as the trunk has them, their maps pooled by each channel's mean and maximum, and the
                 notebook's head (feature scaling, Dropout 0.3, Dense 128, Dropout 0.3, softmax; label smoothing 0.1,
@@ -27,10 +28,11 @@ of each image seen as each of the notebook's four views, computed by the noteboo
                 weights have it) and the head together, TUNED_EPOCHS epochs (environment, default 8) at a peak
                 learning rate of TUNED_RATE (default 0.0003), each image shown once an epoch as a view drawn at random
 
-Each image's probability is the mean over its four views. Printed per fold, then out of fold (the seeds' mean) and
-held back: ROC-AUC per radiograph over all, inside region (weighted by the smaller class), without hardware or cast,
-and the same inside region; then each difference (fine-tuned less frozen) with its paired 95 % interval over 1,000
-resamples of the radiographs.
+Each image's probability is the mean over its four views, and over the seeds. Printed: ROC-AUC per radiograph over
+all, inside region (weighted by the smaller class), without hardware or cast, and the same inside region; then the
+difference (fine-tuned less frozen) of each, with its paired 95 % interval over 1,000 resamples of the radiographs.
+Each image's two probabilities are kept in MAPS_FOLDER/STEP_probabilities.csv. TensorFlow's op determinism is on,
+as in the notebook, so a step run again prints the same figures.
 """
 import os
 import sys
@@ -43,7 +45,7 @@ import pandas as pd
 import tensorflow as tf
 from hed_heads import regions_and_hardware, scores
 from hed_layers import seen_as
-from held_back_heads import paired_difference, scored_rows
+from held_back_heads import scored_rows
 from lite_layers import notebook_lite
 from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
@@ -204,22 +206,42 @@ def four_figures(p, d):
     return np.array([*everything, inside_untreated])
 
 
-def report(label, d, frozen, tuned):
-    """Print the frozen and fine-tuned figures and the paired difference over all."""
-    print(f"{label}: all, inside region, without hardware or cast, the same inside region\n"
-          f"  frozen     {' '.join(f'{v:.3f}' for v in four_figures(frozen, d))}\n"
-          f"  fine-tuned {' '.join(f'{v:.3f}' for v in four_figures(tuned, d))}")
-    untreated = ~d["treated"]
-    for name, rows in (("all", slice(None)), ("without hardware or cast", untreated)):
-        difference, (low, high) = paired_difference(d["y"][rows], d["group"][rows], frozen[rows], tuned[rows])
-        print(f"  fine-tuned less frozen, {name}: {difference:+.3f} ({low:+.3f} to {high:+.3f})", flush=True)
+def per_radiograph(d, frozen, tuned):
+    """One row per radiograph: its label, region, whether treated, and each model's p(fractured) (its images' mean)."""
+    table = pd.DataFrame({"group": d["group"], "y": d["y"], "part": d["part"], "treated": d["treated"],
+                          "frozen": frozen, "tuned": tuned})
+    return table.groupby("group").agg(y=("y", "first"), part=("part", "first"), treated=("treated", "max"),
+                                      frozen=("frozen", "mean"), tuned=("tuned", "mean")).reset_index(drop=True)
 
 
-def score(run, cached_index, training_folder, held_folder, out, seeds):
-    """Train and score the frozen and the fine-tuned model out of fold at each of `seeds`, then held back."""
-    training, held = images(run, cached_index)
-    d, h = described(training, training_folder), described(held, held_folder)
-    maps, held_maps = np.load(out / "training.npy"), np.load(out / "held.npy")
+def radiograph_figures(radiographs, column):
+    """four_figures of `column` with each row of `radiographs` a radiograph of its own (drawn twice, counted twice)."""
+    return four_figures(radiographs[column].to_numpy(), {
+        "y": radiographs["y"].to_numpy(), "group": np.arange(len(radiographs)), "part": radiographs["part"].to_numpy(),
+        "treated": radiographs["treated"].to_numpy(bool)})
+
+
+def report(label, d, frozen, tuned, resamples=1000, seed=0):
+    """Print the frozen and fine-tuned figures and each difference with its paired 95 % interval over `resamples`
+    resamples of the radiographs."""
+    radiographs = per_radiograph(d, frozen, tuned)
+    figures = {name: radiograph_figures(radiographs, name) for name in ("frozen", "tuned")}
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(resamples):
+        drawn = radiographs.iloc[rng.integers(0, len(radiographs), len(radiographs))]
+        differences.append(radiograph_figures(drawn, "tuned") - radiograph_figures(drawn, "frozen"))
+    low, high = np.percentile(differences, [2.5, 97.5], axis=0)
+    print(f"{label}, {len(radiographs)} radiographs: all, inside region, without hardware or cast, the same inside "
+          f"region\n  frozen     {' '.join(f'{v:.3f}' for v in figures['frozen'])}\n"
+          f"  fine-tuned {' '.join(f'{v:.3f}' for v in figures['tuned'])}\n  fine-tuned less frozen "
+          + " ".join(f"{v:+.3f} ({lo:+.3f} to {hi:+.3f})" for v, lo, hi in
+                     zip(figures["tuned"] - figures["frozen"], low, high)), flush=True)
+
+
+def out_of_fold(training, d, maps, seeds):
+    """Each training image's p(fractured) from the frozen and the fine-tuned models of the fold that leaves it out,
+    the mean over `seeds` (each dealing the folds anew)."""
     frozen, tuned = np.zeros((len(seeds), len(training))), np.zeros((len(seeds), len(training)))
     for s, seed in enumerate(seeds):
         folds = StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(d["y"], d["y"], training["unit"])
@@ -227,9 +249,31 @@ def score(run, cached_index, training_folder, held_folder, out, seeds):
             start = time.perf_counter()
             frozen[s, test], tuned[s, test] = frozen_and_fine_tuned(maps[train], d["y"][train], maps[test], seed + k)
             print(f"seed {seed}, fold {k + 1}: {time.perf_counter() - start:.0f} s", flush=True)
-    report(f"out of fold, seeds {','.join(map(str, seeds))} together ({len(training)} images)", d, frozen.mean(0),
-           tuned.mean(0))
-    report(f"held back ({len(held)} images)", h, *frozen_and_fine_tuned(maps, d["y"], held_maps, seeds[0]))
+    return frozen.mean(0), tuned.mean(0)
+
+
+def held_back(d, maps, held_maps, seeds):
+    """Each held-back image's p(fractured) from the frozen and the fine-tuned models trained on every training image,
+    the mean over `seeds`."""
+    probabilities = np.array([frozen_and_fine_tuned(maps, d["y"], held_maps, seed) for seed in seeds])
+    return probabilities[:, 0].mean(0), probabilities[:, 1].mean(0)
+
+
+def main(step, run, cached_index, training_folder, held_folder, out, seeds):
+    """Print the frozen and the fine-tuned models' figures out of fold (`step` "folds") or held back ("held")."""
+    tf.config.experimental.enable_op_determinism()
+    training, held = images(run, cached_index)
+    d = described(training, training_folder)
+    maps = np.load(out / "training.npy")
+    together = f"seeds {','.join(map(str, seeds))} together"
+    if step == "folds":
+        frame, probabilities, label = training, out_of_fold(training, d, maps, seeds), f"out of fold, {together}"
+    else:
+        d, frame = described(held, held_folder), held
+        probabilities, label = held_back(d, maps, np.load(out / "held.npy"), seeds), f"held back, {together}"
+    frame[["path", "label", "group"]].assign(frozen=probabilities[0], fine_tuned=probabilities[1]).to_csv(
+        out / f"{step}_probabilities.csv", index=False)
+    report(label, d, *probabilities)
 
 
 if __name__ == "__main__":
@@ -237,4 +281,4 @@ if __name__ == "__main__":
         keep_maps(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
     else:
         seeds = [int(seed) for seed in (sys.argv[7] if len(sys.argv) > 7 else "42").split(",")]
-        score(*map(Path, sys.argv[2:7]), seeds)
+        main(sys.argv[1], *map(Path, sys.argv[2:7]), seeds)
