@@ -268,9 +268,9 @@ def main(step, run, cached_index, training_folder, held_folder, out, seeds):
     together = f"seeds {','.join(map(str, seeds))} together"
     if step == "folds":
         frame, probabilities, label = training, out_of_fold(training, d, maps, seeds), f"out of fold, {together}"
-    else:
-        d, frame = described(held, held_folder), held
+    else:  # trained on the training images (d), scored on the held-back ones
         probabilities, label = held_back(d, maps, np.load(out / "held.npy"), seeds), f"held back, {together}"
+        d, frame = described(held, held_folder), held
     frame[["path", "label", "group"]].assign(frozen=probabilities[0], fine_tuned=probabilities[1]).to_csv(
         out / f"{step}_probabilities.csv", index=False)
     report(label, d, *probabilities)
