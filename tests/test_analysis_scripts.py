@@ -537,6 +537,8 @@ def test_fine_tuning_learns_from_the_maps_and_changes_what_the_frozen_model_scor
     assert frozen.shape == tuned.shape == (20,) and ((tuned >= 0) & (tuned <= 1)).all()
     assert roc_auc_score(y[40:], frozen) > 0.9 and roc_auc_score(y[40:], tuned) > 0.9
     assert np.abs(tuned - frozen).max() > 1e-3
+    with pytest.raises(ValueError, match="40 images' maps but 20 labels"):  # another set's labels
+        tune.frozen_and_fine_tuned(maps[:40], y[40:], maps[40:], seed=3)
 
 
 def test_the_fine_tuning_script_reads_the_run_s_folds_the_held_back_copies_and_the_treated_marks(monkeypatch, tmp_path):

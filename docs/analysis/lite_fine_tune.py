@@ -165,6 +165,8 @@ def view_probabilities(head, stage, maps):
 def frozen_and_fine_tuned(maps, y, scored, seed, epochs=TUNED_EPOCHS, rate=TUNED_RATE):
     """Train on block 11's `maps` of images labelled `y` the frozen model, then fine-tune it; return the `scored`
     images' p(fractured) from each (frozen, fine-tuned)."""
+    if len(maps) != len(y):
+        raise ValueError(f"{len(maps)} images' maps but {len(y)} labels: the labels must be those of the maps")
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     lite = notebook_lite()
