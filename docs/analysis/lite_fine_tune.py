@@ -2,7 +2,7 @@
 FracAtlas's fractures better than the frozen trunk the notebook uses? Measured on the held-back split
 (held_back_split.py), FracAtlas's images alone, out of fold on the training part and on the held-back part.
 
-Two steps:
+The maps first, then either step (`folds` or `held`):
 
     python docs/analysis/lite_fine_tune.py maps RUN_FOLDER CACHED_INDEX MAPS_FOLDER
     python docs/analysis/lite_fine_tune.py STEP RUN_FOLDER CACHED_INDEX TRAIN_FRACATLAS HELD_FRACATLAS MAPS_FOLDER
