@@ -529,6 +529,9 @@ def test_fine_tuning_learns_from_the_maps_and_changes_what_the_frozen_model_scor
     """On made-up block-11 maps whose fractured images carry a brighter channel, the frozen model and the fine-tuned
     one both rank the scored images' fractures first, and fine-tuning moves their probabilities."""
     tune = analysis_script("lite_fine_tune", monkeypatch)
+    built = []
+    stage_blocks = tune.stage_blocks
+    monkeypatch.setattr(tune, "stage_blocks", lambda lite, trunk: built.append(stage_blocks(lite, trunk)) or built[-1])
     rng = np.random.default_rng(1)
     y = np.array([1, 0] * 30)
     maps = rng.normal(0, 1, (60, 4, 3, 3, 192)).astype(np.float16)
@@ -537,6 +540,13 @@ def test_fine_tuning_learns_from_the_maps_and_changes_what_the_frozen_model_scor
     assert frozen.shape == tuned.shape == (20,) and ((tuned >= 0) & (tuned <= 1)).all()
     assert roc_auc_score(y[40:], frozen) > 0.9 and roc_auc_score(y[40:], tuned) > 0.9
     assert np.abs(tuned - frozen).max() > 1e-3
+    (stage,) = built
+    trunk = tune.lower_and_stage(tune.notebook_lite())[1]
+    for layer in ("block12_expand", "block14_project"):  # the stage's convolutions moved, its normalization did not
+        assert not np.allclose(stage.get_layer(layer).get_weights()[0], trunk.get_layer(layer).get_weights()[0])
+    for got, kept in zip(stage.get_layer("block13_depthwise_bn").get_weights(),
+                         trunk.get_layer("block13_depthwise_bn").get_weights()):
+        np.testing.assert_array_equal(got, kept)
     with pytest.raises(ValueError, match="40 images' maps but 20 labels"):  # another set's labels
         tune.frozen_and_fine_tuned(maps[:40], y[40:], maps[40:], seed=3)
 
