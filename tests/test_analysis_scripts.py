@@ -566,7 +566,7 @@ def test_the_fine_tuning_script_reads_the_run_s_folds_the_held_back_copies_and_t
     pd.DataFrame({"path": ["/all/IMG0000156.jpg", "/all/IMG0000157.jpg"], "dataset": "FracAtlas",
                   "cache": ["/c/h1.png", "/c/h2.png"]}).to_csv(tmp_path / "cached.csv", index=False)
     training, held = tune.images(run, tmp_path / "cached.csv")
-    assert training["cache"].tolist() == ["/c/a.png"] and training["unit"].tolist() == [5]  # one copy, usable
+    assert training["cache"].tolist() == ["/c/a.png"]  # one copy, usable
     assert held["cache"].tolist() == ["/c/h1.png"]  # the copy of a training image left out
     fracatlas = tmp_path / "FracAtlas"
     fracatlas.mkdir()
@@ -575,11 +575,12 @@ def test_the_fine_tuning_script_reads_the_run_s_folds_the_held_back_copies_and_t
         fracatlas / "dataset.csv", index=False)
     frame = pd.DataFrame({"path": ["/x/IMG0000155.jpg", "/x/IMG0000156.jpg", "/x/IMG0000158.jpg"],
                           "label": ["fractured", "not_fractured", "fractured"], "group": [4, 5, 6]})
-    d = tune.described(frame, fracatlas)  # IMG0000155 and IMG0000156 are in a cast (annotations/fracatlas_casts.csv)
+    assert tune.described(training, run, fracatlas)["unit"].tolist() == [5]  # its fold unit, from folds.csv
+    d = tune.described(frame, run, fracatlas)  # IMG0000155 and IMG0000156 in a cast (annotations/fracatlas_casts.csv)
     assert d["y"].tolist() == [1, 0, 1] and d["part"].tolist() == ["hand", "mixed", "hand"]
     assert d["treated"].tolist() == [True, True, True]
     frame = frame.assign(path=["/x/IMG0000001.jpg", "/x/IMG0000002.jpg", "/x/IMG0000158.jpg"])
-    assert tune.described(frame, fracatlas)["treated"].tolist() == [False, False, True]  # not in dataset.csv: no mark
+    assert tune.described(frame, run, fracatlas)["treated"].tolist() == [False, False, True]  # not in dataset.csv
 
 
 def test_the_fine_tuning_report_pairs_the_two_models_radiograph_by_radiograph(monkeypatch, capsys):

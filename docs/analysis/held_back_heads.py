@@ -26,13 +26,18 @@ from sklearn.metrics import roc_auc_score
 from training_sources import FRACATLAS, fracatlas_features
 
 
-def held_features(paths, cached_index, store):
-    """The cached features of the images `paths` (images x views x features), found by file name among the FracAtlas
-    rows of `cached_index` (an index.csv) and read from the features folder `store`."""
+def cached_copies(paths, cached_index):
+    """The cached copy of each of the images `paths`, found by file name among the FracAtlas rows of `cached_index`
+    (an index.csv)."""
     fracatlas = cached_index[cached_index["dataset"] == FRACATLAS]
-    names = fracatlas["path"].map(lambda path: Path(path).name)
-    stem = dict(zip(names, fracatlas["cache"].map(lambda path: Path(path).stem)))
-    return features_of(store, [stem[Path(path).name] for path in paths])
+    copy = dict(zip(fracatlas["path"].map(lambda path: Path(path).name), fracatlas["cache"]))
+    return [copy[Path(path).name] for path in paths]
+
+
+def held_features(paths, cached_index, store):
+    """The cached features of the images `paths` (images x views x features), their cached copies found by
+    cached_copies and their features read from the features folder `store`."""
+    return features_of(store, [Path(copy).stem for copy in cached_copies(paths, cached_index)])
 
 
 def paired_difference(y, group, p, q, resamples=1000, seed=0):

@@ -43,11 +43,13 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from hed_heads import regions_and_hardware, scores
+from hed_heads import described as described_with_hardware
+from hed_heads import scores
 from hed_layers import seen_as
-from held_back_heads import scored_rows
+from held_back_heads import cached_copies, scored_rows
 from lite_layers import notebook_lite
 from PIL import Image
+from region_weights import class_weights
 from sklearn.model_selection import StratifiedGroupKFold
 
 VIEWS = ("image", "mirror", "zoomed70", "zoomed70_mirror")  # the notebook's TTA_VIEWS, named as hed_layers names them
@@ -59,29 +61,24 @@ TUNED_RATE = float(os.environ.get("TUNED_RATE", 3e-4))
 
 
 def images(run, cached_index):
-    """The run's usable FracAtlas images (index.csv, with their fold units from folds.csv) and the held-back images
-    its external test scored (external_predictions.csv, their cached copies named by `cached_index`)."""
+    """The run's usable FracAtlas images (index.csv) and the held-back images its external test scored
+    (external_predictions.csv), with their cached copies (held_back_heads' cached_copies of `cached_index`)."""
     index = pd.read_csv(run / "index.csv", keep_default_na=False)
     training = index[(index["dataset"] == "FracAtlas") & (index["note"] == "")].drop_duplicates("cache")
-    units = pd.read_csv(run / "folds.csv").drop_duplicates("path").set_index("path")["fold_group"]
-    training = training.assign(unit=training["path"].map(units)).reset_index(drop=True)
     held = scored_rows(pd.read_csv(run / "external_predictions.csv", keep_default_na=False))
-    cached = pd.read_csv(cached_index, keep_default_na=False)
-    cached = cached[cached["dataset"] == "FracAtlas"]
-    copy = dict(zip(cached["path"].map(lambda path: Path(path).name), cached["cache"]))
-    return training, held.assign(cache=held["path"].map(lambda path: copy[Path(path).name]))
+    return training.reset_index(drop=True), held.assign(cache=cached_copies(held["path"], pd.read_csv(
+        cached_index, keep_default_na=False)))
 
 
-def described(frame, fracatlas):
-    """What scoring needs of `frame`'s images: labels (1: fractured), radiograph groups, regions, and whether each
-    shows a treated fracture (FracAtlas's hardware, or a cast in annotations/fracatlas_casts.csv)."""
-    marks = regions_and_hardware(fracatlas)
-    files = frame["path"].map(lambda path: Path(path).name)
+def described(frame, run, fracatlas):
+    """What scoring needs of `frame`'s images: hed_heads' `described` (labels, 1: fractured; fold units from the
+    run's folds.csv; radiograph groups; regions) and whether each shows a treated fracture (FracAtlas's hardware, or
+    a cast in annotations/fracatlas_casts.csv)."""
+    files, y, unit, group, part, hardware = described_with_hardware(frame, run, fracatlas)
     casts = pd.read_csv(CASTS, keep_default_na=False)
     cast = set(casts.loc[casts["marks"].str.contains("cast"), "file"].map(lambda path: Path(path).name))
-    return {"y": frame["label"].eq("fractured").to_numpy(int), "group": frame["group"].to_numpy(),
-            "part": files.map(marks["region"]).to_numpy(),
-            "treated": (files.map(marks["hardware"]).fillna(False).astype(bool) | files.isin(cast)).to_numpy()}
+    return {"y": y.astype(int), "unit": unit, "group": group, "part": part,
+            "treated": pd.Series(hardware).fillna(False).to_numpy(bool) | files.isin(cast).to_numpy()}
 
 
 def lower_and_stage(lite):
@@ -146,11 +143,6 @@ def adam(peak, steps_per_epoch, epochs):
     return keras.optimizers.Adam(schedule, clipnorm=1.0)
 
 
-def class_weights(y):
-    """Loss weights under which the two classes weigh the same, mean 1."""
-    return np.where(y == 1, len(y) / (2 * y.sum()), len(y) / (2 * (len(y) - y.sum()))).astype(np.float32)
-
-
 def targets(y):
     """One-hot targets in the notebook's class order (fractured first)."""
     return np.stack([y, 1 - y], axis=1).astype(np.float32)
@@ -174,7 +166,8 @@ def frozen_and_fine_tuned(maps, y, scored, seed, epochs=TUNED_EPOCHS, rate=TUNED
     features = np.stack([np.concatenate([pooled(stage(maps[i : i + 64, v].astype(np.float32))).numpy()
                                          for i in range(0, len(maps), 64)]) for v in range(len(VIEWS))], 1)
     head = notebook_head(features.reshape(-1, features.shape[-1]))
-    weights, loss = class_weights(y), keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    weights = class_weights(y, np.zeros(len(y))).astype(np.float32)  # one stratum: the classes weigh the same
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
     shown = np.tile(np.arange(len(y)), 3)
     head.compile(adam(1e-3, -(-len(shown) // 32), 20), loss)
     for _ in range(20):
@@ -241,12 +234,12 @@ def report(label, d, frozen, tuned, resamples=1000, seed=0):
                      zip(figures["tuned"] - figures["frozen"], low, high)), flush=True)
 
 
-def out_of_fold(training, d, maps, seeds):
+def out_of_fold(d, maps, seeds):
     """Each training image's p(fractured) from the frozen and the fine-tuned models of the fold that leaves it out,
-    the mean over `seeds` (each dealing the folds anew)."""
-    frozen, tuned = np.zeros((len(seeds), len(training))), np.zeros((len(seeds), len(training)))
+    the mean over `seeds` (each dealing the folds of `d`'s units anew)."""
+    frozen, tuned = np.zeros((len(seeds), len(d["y"]))), np.zeros((len(seeds), len(d["y"])))
     for s, seed in enumerate(seeds):
-        folds = StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(d["y"], d["y"], training["unit"])
+        folds = StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(d["y"], d["y"], d["unit"])
         for k, (train, test) in enumerate(folds):
             start = time.perf_counter()
             frozen[s, test], tuned[s, test] = frozen_and_fine_tuned(maps[train], d["y"][train], maps[test], seed + k)
@@ -265,14 +258,14 @@ def main(step, run, cached_index, training_folder, held_folder, out, seeds):
     """Print the frozen and the fine-tuned models' figures out of fold (`step` "folds") or held back ("held")."""
     tf.config.experimental.enable_op_determinism()
     training, held = images(run, cached_index)
-    d = described(training, training_folder)
+    d = described(training, run, training_folder)
     maps = np.load(out / "training.npy")
     together = f"seeds {','.join(map(str, seeds))} together"
     if step == "folds":
-        frame, probabilities, label = training, out_of_fold(training, d, maps, seeds), f"out of fold, {together}"
+        frame, probabilities, label = training, out_of_fold(d, maps, seeds), f"out of fold, {together}"
     else:  # trained on the training images (d), scored on the held-back ones
         probabilities, label = held_back(d, maps, np.load(out / "held.npy"), seeds), f"held back, {together}"
-        d, frame = described(held, held_folder), held
+        d, frame = described(held, run, held_folder), held
     frame[["path", "label", "group"]].assign(frozen=probabilities[0], fine_tuned=probabilities[1]).to_csv(
         out / f"{step}_probabilities.csv", index=False)
     report(label, d, *probabilities)
