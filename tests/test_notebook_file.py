@@ -231,8 +231,8 @@ def test_no_function_reads_a_parameter_global():
 
 
 def test_one_function_trains_a_fold_and_every_seed_goes_through_one_cross_validation():
-    """One code path per job: train_fold is called in one place (cross_validate), Keras's fit in one (train_fold),
-    and cross_validate by one cell, for every seed."""
+    """One code path per job: train_fold is called in one place (cross_validate), Keras's fit in one (fitted, which
+    train_fold alone calls, for each of its passes), and cross_validate by one cell, for every seed."""
     calls = {}
     for cell in code_cells():
         for node in ast.walk(ast.parse(cell.source)):
@@ -241,7 +241,8 @@ def test_one_function_trains_a_fold_and_every_seed_goes_through_one_cross_valida
                 owner = getattr(getattr(node.func, "value", None), "id", "")  # model.fit: Keras's, not a scaler's
                 calls.setdefault(f"{owner}.{name}" if name == "fit" else name, []).append(cell.source)
     assert len(calls["train_fold"]) == 1 and "def cross_validate(" in calls["train_fold"][0]
-    assert len(calls["model.fit"]) == 1 and "def train_fold(" in calls["model.fit"][0]
+    assert len(calls["model.fit"]) == 1 and "def fitted(" in calls["model.fit"][0]
+    assert {source.split("(")[0] for source in calls["fitted"]} == {"def train_fold"}
     (caller,) = calls["cross_validate"]
     assert "for seed in settings.seeds" in caller
 

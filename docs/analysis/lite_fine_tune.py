@@ -26,7 +26,8 @@ trains them on the whole training part at each SEED and scores the held-back ima
                 image shown three times an epoch as one of its views drawn at random
     fine-tuned  that model trained on: blocks 12-14's convolutions (their batch normalization kept as the ImageNet
                 weights have it) and the head together, TUNED_EPOCHS epochs (environment, default 8) at a peak
-                learning rate of TUNED_RATE (default 0.0003), each image shown once an epoch as a view drawn at random
+                learning rate of TUNED_RATE (default 0.0003), each image shown once an epoch as a view drawn at random;
+                with TUNE_STAGE=0 (the control) the same epochs train the head alone, the stage kept frozen
 
 Each image's probability is the mean over its four views, and over the seeds. Printed: ROC-AUC per radiograph over
 all, inside region (weighted by the smaller class), without hardware or cast, and the same inside region; then the
@@ -53,11 +54,10 @@ from region_weights import class_weights
 from sklearn.model_selection import StratifiedGroupKFold
 
 VIEWS = ("image", "mirror", "zoomed70", "zoomed70_mirror")  # the notebook's TTA_VIEWS, named as hed_layers names them
-TUNED_BLOCKS = (12, 13, 14)  # Lite0's 192-channel stage after its first (strided) block
-STAGE = {"channels": 192, "expansion": 6, "kernel": 5}  # LITE_STAGES' last stage of Lite0
 CASTS = Path(__file__).resolve().parents[2] / "annotations" / "fracatlas_casts.csv"
 TUNED_EPOCHS = int(os.environ.get("TUNED_EPOCHS", 8))
 TUNED_RATE = float(os.environ.get("TUNED_RATE", 3e-4))
+TUNE_STAGE = os.environ.get("TUNE_STAGE", "1") == "1"  # 0: the control, the same epochs with the stage kept frozen
 
 
 def images(run, cached_index):
@@ -82,25 +82,17 @@ def described(frame, run, fracatlas):
 
 
 def lower_and_stage(lite):
-    """The notebook's Lite0 trunk at 320 px cut after block 11 (RGB in 0-255 to block 11's maps), and blocks 12-14
-    on their own (block 11's maps to the trunk's), both with the trunk's ImageNet weights."""
-    trunk = lite["lite_trunk"]("efficientnet_lite0", 320)
-    lower = keras.Model(trunk.input, trunk.get_layer(f"block{TUNED_BLOCKS[0] - 1}_project_bn").output)
-    return lower, trunk
+    """The notebook's Lite0 trunk as lite_trunk builds it, for any input size: the part up to block 11 (RGB in 0-255
+    to block 11's maps) and blocks 12-14 (the maps to the trunk's), both with the trunk's ImageNet weights."""
+    return lite["lite_trunk"]("efficientnet_lite0", None)
 
 
-def stage_blocks(lite, trunk):
-    """Blocks 12-14 as a model of their own from block 11's maps, the trunk's weights copied: their convolutions
-    trainable, their batch normalization not (kept in inference mode)."""
-    maps = keras.Input((None, None, STAGE["channels"]))
-    x = maps
-    for block in TUNED_BLOCKS:
-        x = lite["lite_block"](x, STAGE["channels"], STAGE["expansion"], STAGE["kernel"], 1, STAGE["channels"],
-                               f"block{block}")
-    stage = keras.Model(maps, x)
+def stage_blocks(lite):
+    """Blocks 12-14 of a new copy of the notebook's trunk: their convolutions trainable, their batch normalization not
+    (kept in inference mode), as the notebook's fine_tuned makes them."""
+    stage = lower_and_stage(lite)[1]
+    stage.trainable = True
     for layer in stage.layers:
-        if layer.weights:
-            layer.set_weights(trunk.get_layer(layer.name).get_weights())
         layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
     return stage
 
@@ -154,15 +146,15 @@ def view_probabilities(head, stage, maps):
                                     .numpy()[:, 0] for i in range(0, len(maps), 64)]) for v in range(len(VIEWS))], 0)
 
 
-def frozen_and_fine_tuned(maps, y, scored, seed, epochs=TUNED_EPOCHS, rate=TUNED_RATE):
-    """Train on block 11's `maps` of images labelled `y` the frozen model, then fine-tune it; return the `scored`
-    images' p(fractured) from each (frozen, fine-tuned)."""
+def frozen_and_fine_tuned(maps, y, scored, seed, epochs=TUNED_EPOCHS, rate=TUNED_RATE, tune_stage=TUNE_STAGE):
+    """Train on block 11's `maps` of images labelled `y` the frozen model, then fine-tune it (the head alone, the
+    stage kept frozen, where `tune_stage` is false: the control); return the `scored` images' p(fractured) from each
+    (frozen, fine-tuned)."""
     if len(maps) != len(y):
         raise ValueError(f"{len(maps)} images' maps but {len(y)} labels: the labels must be those of the maps")
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
-    lite = notebook_lite()
-    stage = stage_blocks(lite, lower_and_stage(lite)[1])
+    stage = stage_blocks(notebook_lite())
     features = np.stack([np.concatenate([pooled(stage(maps[i : i + 64, v].astype(np.float32))).numpy()
                                          for i in range(0, len(maps), 64)]) for v in range(len(VIEWS))], 1)
     head = notebook_head(features.reshape(-1, features.shape[-1]))
@@ -175,7 +167,8 @@ def frozen_and_fine_tuned(maps, y, scored, seed, epochs=TUNED_EPOCHS, rate=TUNED
         head.fit(features[order, view], targets(y[order]), sample_weight=weights[order], batch_size=32, epochs=1,
                  shuffle=False, verbose=0)
     frozen = view_probabilities(head, stage, scored)
-    optimizer, trained = adam(rate, -(-len(y) // 32), epochs), stage.trainable_variables + head.trainable_variables
+    optimizer = adam(rate, -(-len(y) // 32), epochs)
+    trained = (stage.trainable_variables if tune_stage else []) + head.trainable_variables
 
     @tf.function(reduce_retracing=True)
     def step(x, target, weight):

@@ -55,16 +55,21 @@ def notebook_lite():
 def every_block(lite, backbone):
     """The `backbone` EfficientNet-Lite with the notebook's trunk, its last block and its head, from RGB in 0-255 to
     the mean over the map of each block's output and the head's, in that order, then the maximum of each."""
-    trunk = lite["lite_trunk"](backbone, None)
+    lower, stage = lite["lite_trunk"](backbone, None)
     blocks = lite["lite_blocks"](backbone)
-    names = {layer.name for layer in trunk.layers}
-    ends = [trunk.get_layer(f"block{k}_add" if f"block{k}_add" in names else f"block{k}_project_bn").output
-            for k in range(blocks)]
+
+    def block_ends(part):
+        """Each block's output inside `part` (the trunk's lower part or its last stage), in order."""
+        names = [layer.name for layer in part.layers]
+        return [part.get_layer(f"block{k}_add" if f"block{k}_add" in names else f"block{k}_project_bn").output
+                for k in range(blocks) if f"block{k}_project_bn" in names]
+
+    ends = [*block_ends(lower), *keras.Model(stage.input, block_ends(stage))(lower.output)]
     channels = lite["LITE_STAGES"][backbone][-1][-1]
-    last = lite["lite_block"](trunk.output, channels, 6, 3, 1, LAST_STAGE[backbone], f"block{blocks}")
+    last = lite["lite_block"](ends[-1], channels, 6, 3, 1, LAST_STAGE[backbone], f"block{blocks}")
     head = lite["lite_normalized"](keras.layers.Conv2D(1280, 1, use_bias=False, name="head")(last), "head_bn")
     maps = [*ends, last, head]
-    model = keras.Model(trunk.input, [pool(x, axis=(1, 2)) for pool in (keras.ops.mean, keras.ops.max) for x in maps])
+    model = keras.Model(lower.input, [pool(x, axis=(1, 2)) for pool in (keras.ops.mean, keras.ops.max) for x in maps])
     for name, weights in lite["lite_weights"](backbone, blocks + 1).items():
         if name.startswith(f"block{blocks}_"):
             model.get_layer(name).set_weights(weights)
