@@ -7,6 +7,7 @@ fixed input)."""
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 from fixture_data import lite_reference
 from nbhelpers import notebook_namespace, pooling_split
@@ -115,6 +116,44 @@ def test_fine_tuning_trains_the_last_stage_s_convolutions_and_each_head_carries_
                                atol=1e-5)
     heat = nb["grad_cam"](members[1], REFERENCE_INPUT[0])
     assert heat.shape == (2, 2) and np.isfinite(heat).all()
+
+
+def test_a_fold_trains_the_head_then_the_stage_on_the_maps_and_leaves_the_rest_as_pretrained(nb):
+    """train_fold with maps: EPOCHS of the head on the pooled features, then FINE_TUNE epochs numbered on, at
+    FINE_TUNE_RATE, that move the stage's convolutions (and the head), not its batch normalization nor the part
+    before it; the fold is scored on the maps by the stage and head (scoring_part), and the saved ensemble of the one
+    fold model keeps the part before the stage apart, as its features folder says."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"cache": [f"{i}.png" for i in range(48)], "label": ["fractured", "not_fractured"] * 24,
+                          "group": range(48), "dataset": "made-up"})
+    y = (frame["label"] == "fractured").to_numpy()
+    maps = {path: (rng.normal(0, 1, (1, 2, 2, 192)) + 2.0 * fractured).astype(np.float16)
+            for path, fractured in zip(frame["cache"], y)}
+    pretrained = nb["build_model"](64, backbone="efficientnet_lite0")
+    features = nb["frozen_features"](pretrained, maps, 16)
+    assert features["0.png"].shape == (1, 384)
+    parts = {"train": frame[:32], "val": frame[32:], "test": frame[32:]}
+    settings = dataclasses.replace(nb["settings"], backbone="efficientnet_lite0", img_size=64, tta=False, epochs=2,
+                                   fine_tune=2, fine_tune_rate=1e-3, learning_rate=1e-3)
+    model, history = nb["train_fold"](1, parts, settings, tf.distribute.get_strategy(), 8, 0, False, features, maps)
+    assert history["epoch"].tolist() == [1, 2, 3, 4] and history["kept"].tolist() == [False] * 3 + [True]
+    assert history["learning_rate"].iloc[2:].max() < 1.1e-3 and np.isfinite(history["val_loss"]).all()
+    stage, pretrained_stage = model.get_layer("last_conv"), pretrained.get_layer("last_conv")
+    assert not np.allclose(stage.get_layer("block12_expand").get_weights()[0],
+                           pretrained_stage.get_layer("block12_expand").get_weights()[0])
+    for got, kept in zip(stage.get_layer("block13_depthwise_bn").get_weights(),
+                         pretrained_stage.get_layer("block13_depthwise_bn").get_weights()):
+        np.testing.assert_array_equal(got, kept)
+    for got, kept in zip(model.get_layer("lite_lower").get_weights(), pretrained.get_layer("lite_lower").get_weights()):
+        np.testing.assert_array_equal(got, kept)
+    scored, inputs = nb["scoring_part"](model, features, maps)
+    assert inputs is maps and scored.layers[0].name == "last_conv"
+    assert nb["shared_front"](model) == nb["cached_front"](model) == 2  # one fine-tuned model: its stage is its own
+    assert nb["shared_front"](pretrained) == nb["after_pooling"](pretrained) == 4
 
 
 def test_its_features_are_kept_in_a_folder_of_their_own_and_bfloat16_copies_it_layer_by_layer(nb, trunk, tmp_path):

@@ -32,8 +32,8 @@ trains them on the whole training part at each SEED and scores the held-back ima
 Each image's probability is the mean over its four views, and over the seeds. Printed: ROC-AUC per radiograph over
 all, inside region (weighted by the smaller class), without hardware or cast, and the same inside region; then the
 difference (fine-tuned less frozen) of each, with its paired 95 % interval over 1,000 resamples of the radiographs.
-Each image's two probabilities are kept in MAPS_FOLDER/STEP_probabilities.csv. TensorFlow's op determinism is on,
-as in the notebook, so a step run again prints the same figures.
+Each image's two probabilities are kept in MAPS_FOLDER/STEP_probabilities.csv (STEP_control_probabilities.csv with
+TUNE_STAGE=0). TensorFlow's op determinism is on, as in the notebook, so a step run again prints the same figures.
 """
 import os
 import sys
@@ -259,9 +259,10 @@ def main(step, run, cached_index, training_folder, held_folder, out, seeds):
     else:  # trained on the training images (d), scored on the held-back ones
         probabilities, label = held_back(d, maps, np.load(out / "held.npy"), seeds), f"held back, {together}"
         d, frame = described(held, run, held_folder), held
+    control = "" if TUNE_STAGE else "_control"  # the control's probabilities beside, not over, the fine-tuned ones
     frame[["path", "label", "group"]].assign(frozen=probabilities[0], fine_tuned=probabilities[1]).to_csv(
-        out / f"{step}_probabilities.csv", index=False)
-    report(label, d, *probabilities)
+        out / f"{step}{control}_probabilities.csv", index=False)
+    report(label + (", the control: the head alone trained on" if control else ""), d, *probabilities)
 
 
 if __name__ == "__main__":
