@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from conftest import NOTEBOOK, ROOT, run_folder
 from fixture_data import build_fixture, build_learnable_fixture
@@ -165,10 +166,13 @@ def test_the_pretrained_trunk_runs_on_the_oldest_supported_stack_once_its_packag
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = json.loads((run_folder(output) / "metrics.json").read_text())
     assert metrics["versions"]["keras"] == pins()["keras"]
-    assert (metrics["parameters"]["backbone"], metrics["parameters"]["tta"]) == ("efficientnet_lite0", True)
-    assert metrics["parameters"]["feature_precision"] == "bfloat16"
-    cache = [p.name for p in (output / "cache").iterdir()]
-    assert [name.endswith("-efficientnet_lite0-block14-meanmax-bfloat16-features") for name in cache].count(True) == 1
+    parameters = metrics["parameters"]
+    assert (parameters["backbone"], parameters["tta"], parameters["fine_tune"]) == ("efficientnet_lite0", True, 8)
+    assert parameters["feature_precision"] == "bfloat16"
+    cache = [p.name for p in (output / "cache").iterdir()]  # block 11's maps, which the stage was fine-tuned on
+    assert [name.endswith("-efficientnet_lite0-block11-maps-bfloat16-features") for name in cache].count(True) == 1
+    history = pd.read_csv(run_folder(output) / "history.csv")
+    assert history.groupby("fold")["epoch"].max().eq(metrics["parameters"]["epochs"] + 8).all()
     assert metrics["test"]["per_radiograph"]["cnn"]["n"] >= 20  # 24 radiographs, a look-alike or two may be joined
     contract = json.loads((run_folder(output) / "model.json").read_text())
     assert contract["backbone"] == "efficientnet_lite0" and contract["test_time_augmentation"] is True
