@@ -172,7 +172,7 @@ def test_the_pretrained_trunk_runs_on_the_oldest_supported_stack_once_its_packag
     cache = [p.name for p in (output / "cache").iterdir()]  # block 11's maps, which the stage was fine-tuned on
     assert [name.endswith("-efficientnet_lite0-block11-maps-bfloat16-features") for name in cache].count(True) == 1
     history = pd.read_csv(run_folder(output) / "history.csv")
-    assert history.groupby("fold")["epoch"].max().eq(metrics["parameters"]["epochs"] + 8).all()
+    assert history.groupby("fold")["epoch"].max().eq(parameters["epochs"] + 8).all()
     assert metrics["test"]["per_radiograph"]["cnn"]["n"] >= 20  # 24 radiographs, a look-alike or two may be joined
     contract = json.loads((run_folder(output) / "model.json").read_text())
     assert contract["backbone"] == "efficientnet_lite0" and contract["test_time_augmentation"] is True
